@@ -1,0 +1,137 @@
+//! Wires ingest, store, gRPC and admin together and runs them until shutdown.
+//!
+//! Shutdown order: health NOT_SERVING (probes and clients move away), stop accepting and let
+//! in-flight calls finish within the grace period, stop ingest, and close the admin listener
+//! last so metrics stay scrapeable throughout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::grpc::{CacheService, HEALTH_SERVICES};
+use crate::ingest::{self, IngestError};
+use crate::listeners::Listeners;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How long ingest threads get to stop: one poll plus one metadata request in flight.
+const INGEST_STOP_DEADLINE: Duration = Duration::from_secs(10);
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Runs the sidecar on already-bound listeners until `shutdown` is cancelled or ingest fails.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AppError> {
+    let store = Arc::new(Store::new(&config.tables));
+    let metrics = Metrics::new();
+    let health = HealthReporter::new();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let ingest_stop = CancellationToken::new();
+    let ingest_failed = CancellationToken::new();
+    let ingest = ingest::start(
+        &config,
+        &store,
+        &metrics,
+        ingest_stop.clone(),
+        ingest_failed.clone(),
+    )?;
+
+    let stopping = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn({
+        let (store, metrics, health) = (store.clone(), metrics.clone(), health.clone());
+        let stop = admin_stop.clone().cancelled_owned();
+        async move { crate::admin::serve(listeners.admin, store, metrics, &health, stop).await }
+    });
+    let grpc_stop = CancellationToken::new();
+    let mut grpc = tokio::spawn({
+        let cache = CacheService::new(store.clone(), metrics.clone(), config.max_multiget_keys);
+        let health = health.clone();
+        let stop = grpc_stop.clone().cancelled_owned();
+        let max_bytes = config.grpc_max_message_bytes;
+        async move { crate::grpc::serve(listeners.grpc, cache, &health, max_bytes, stop).await }
+    });
+    let announce = tokio::spawn(announce_ready(store.clone(), health.clone(), stopping.clone()));
+    tokio::spawn(metrics_upkeep(metrics.clone(), stopping.clone()));
+
+    let grpc_early_exit = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = ingest_failed.cancelled() => None,
+        result = &mut grpc => Some(result),
+    };
+
+    stopping.cancel();
+    // Wait for the readiness announcement to settle, so SERVING cannot land after NOT_SERVING.
+    let _ = announce.await;
+    set_health(&health, ServingStatus::NotServing).await;
+    let grpc_result = match grpc_early_exit {
+        Some(result) => result,
+        None => {
+            grpc_stop.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut grpc).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!(grace = ?config.shutdown_grace, "grace period expired with calls in flight; closing them");
+                    grpc.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    ingest_stop.cancel();
+    let ingest_result = ingest.join(INGEST_STOP_DEADLINE).await;
+    admin_stop.cancel();
+    if let Ok(Err(e)) = admin.await {
+        warn!(error = %e, "admin server stopped with an error");
+    }
+
+    ingest_result?;
+    match grpc_result {
+        Ok(result) => result?,
+        Err(join_error) => error!(%join_error, "grpc server task failed"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Flips health to SERVING once every table has caught up, unless shutdown came first.
+async fn announce_ready(store: Arc<Store>, health: HealthReporter, stopping: CancellationToken) {
+    tokio::select! {
+        _ = store.ready().wait() => {}
+        _ = stopping.cancelled() => return,
+    }
+    set_health(&health, ServingStatus::Serving).await;
+    let entries: usize = store.tables().iter().map(|t| t.len()).sum();
+    info!(
+        tables = store.tables().len(),
+        entries, "all tables caught up; serving"
+    );
+}
+
+async fn metrics_upkeep(metrics: Arc<Metrics>, stopping: CancellationToken) {
+    let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => metrics.run_upkeep(),
+            _ = stopping.cancelled() => return,
+        }
+    }
+}

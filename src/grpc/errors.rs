@@ -1,0 +1,35 @@
+//! The single place where request failures become gRPC statuses.
+
+use tonic::Status;
+
+use crate::ingest::cdc::DecodeError;
+use crate::store::{Progress, TableLookupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Table(#[from] TableLookupError),
+    #[error(
+        "table {table:?} is not ready: bootstrap has read {} of {} records, {} of {} partitions caught up; retry later or watch grpc.health.v1.Health",
+        .progress.read, .progress.total, .progress.partitions_caught_up, .progress.partitions
+    )]
+    NotReady { table: String, progress: Progress },
+    #[error("{count} keys in one MultiGet; the limit is {max} (--max-multiget-keys)")]
+    TooManyKeys { count: usize, max: usize },
+    #[error("key {index}: {source}")]
+    BadKey { index: usize, source: DecodeError },
+}
+
+impl From<RequestError> for Status {
+    fn from(error: RequestError) -> Self {
+        let message = error.to_string();
+        match error {
+            RequestError::Table(TableLookupError::Unknown { .. }) => Status::not_found(message),
+            RequestError::Table(TableLookupError::Ambiguous { .. }) => Status::invalid_argument(message),
+            RequestError::NotReady { .. } => Status::unavailable(message),
+            RequestError::TooManyKeys { .. } | RequestError::BadKey { .. } => {
+                Status::invalid_argument(message)
+            }
+        }
+    }
+}

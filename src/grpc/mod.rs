@@ -1,0 +1,62 @@
+//! The app-facing gRPC server: the `cdc_cache.v1.Cache` service, the standard health service and
+//! server reflection, on a loopback TCP port or a unix socket.
+
+mod errors;
+mod service;
+
+use std::future::Future;
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+
+pub use errors::RequestError;
+pub use service::CacheService;
+
+use crate::listeners::GrpcListener;
+use crate::proto::cache_server::CacheServer;
+
+/// The health service names that track readiness: the whole server and the cache service.
+pub const HEALTH_SERVICES: [&str; 2] = ["", "cdc_cache.v1.Cache"];
+
+/// A health service reading the reporter's statuses; mounted on the gRPC and the admin listener.
+pub fn health_service(reporter: &HealthReporter) -> HealthServer<HealthService> {
+    HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight calls finish.
+pub async fn serve(
+    listener: GrpcListener,
+    cache: CacheService,
+    health: &HealthReporter,
+    max_message_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let cache = CacheServer::new(cache)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let routes = Routes::new(cache)
+        .add_service(health_service(health))
+        .add_service(reflection);
+    let mut server = tonic::transport::Server::builder();
+    let router = server.add_routes(routes);
+    match listener {
+        GrpcListener::Tcp(listener) => {
+            // Small request/response pairs: send each at once instead of waiting to coalesce.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        GrpcListener::Unix(listener, _socket_file) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
+}

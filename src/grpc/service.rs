@@ -1,0 +1,172 @@
+//! `cdc_cache.v1.Cache`: lookups answered from the in-memory tables.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Code, Request, Response, Status};
+
+use super::errors::RequestError;
+use crate::ingest::cdc;
+use crate::ingest::now_ms;
+use crate::metrics::{GrpcMethod, Metrics};
+use crate::proto::cache_server::Cache;
+use crate::proto::{
+    GetRequest, GetResponse, MultiGetRequest, MultiGetResponse, PartitionStatus, StatusRequest,
+    StatusResponse, TableStatus,
+};
+use crate::store::{Found, Store, Table};
+
+pub struct CacheService {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    max_multiget_keys: usize,
+}
+
+impl CacheService {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, max_multiget_keys: usize) -> Self {
+        Self {
+            store,
+            metrics,
+            max_multiget_keys,
+        }
+    }
+
+    /// Resolves the table and refuses reads until it has caught up: before that, an absent key
+    /// might only be not-yet-read, and a present one might be stale.
+    fn ready_table(&self, name: &str) -> Result<&Arc<Table>, RequestError> {
+        let table = self.store.table(name)?;
+        if !table.is_ready() {
+            return Err(RequestError::NotReady {
+                table: table.name().to_string(),
+                progress: table.progress(),
+            });
+        }
+        Ok(table)
+    }
+
+    fn get(&self, request: GetRequest) -> Result<GetResponse, RequestError> {
+        let table = self.ready_table(&request.table)?;
+        let key = cdc::canonical_key(table.format(), &request.key)
+            .map_err(|source| RequestError::BadKey { index: 0, source })?;
+        Ok(response(table.get(&key)))
+    }
+
+    fn multi_get(&self, request: MultiGetRequest) -> Result<MultiGetResponse, RequestError> {
+        let table = self.ready_table(&request.table)?;
+        self.metrics.grpc().observe_multiget_keys(request.keys.len());
+        if request.keys.len() > self.max_multiget_keys {
+            return Err(RequestError::TooManyKeys {
+                count: request.keys.len(),
+                max: self.max_multiget_keys,
+            });
+        }
+        let results = request
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let key = cdc::canonical_key(table.format(), key)
+                    .map_err(|source| RequestError::BadKey { index, source })?;
+                Ok(response(table.get(&key)))
+            })
+            .collect::<Result<_, RequestError>>()?;
+        Ok(MultiGetResponse { results })
+    }
+
+    fn status(&self) -> StatusResponse {
+        let now = now_ms();
+        let started_at_ms = self
+            .store
+            .started_at()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        StatusResponse {
+            ready: self.store.ready().is_open(),
+            tables: self
+                .store
+                .tables()
+                .iter()
+                .map(|t| table_status(t, now, started_at_ms))
+                .collect(),
+            started_at_ms,
+        }
+    }
+
+    fn finish<T>(
+        &self,
+        method: GrpcMethod,
+        started: Instant,
+        result: Result<T, RequestError>,
+    ) -> Result<Response<T>, Status> {
+        let result = result.map_err(Status::from);
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.grpc().observe(method, code, started);
+        result.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Cache for CacheService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = Instant::now();
+        let result = CacheService::get(self, request.into_inner());
+        self.finish(GrpcMethod::Get, started, result)
+    }
+
+    async fn multi_get(
+        &self,
+        request: Request<MultiGetRequest>,
+    ) -> Result<Response<MultiGetResponse>, Status> {
+        let started = Instant::now();
+        let result = CacheService::multi_get(self, request.into_inner());
+        self.finish(GrpcMethod::MultiGet, started, result)
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let started = Instant::now();
+        let result = Ok(CacheService::status(self));
+        self.finish(GrpcMethod::Status, started, result)
+    }
+}
+
+fn response(found: Option<Found>) -> GetResponse {
+    match found {
+        Some(found) => GetResponse {
+            found: true,
+            value: found.value,
+            partition: found.partition,
+            offset: found.offset,
+            timestamp_ms: found.timestamp_ms,
+        },
+        None => GetResponse::default(),
+    }
+}
+
+fn table_status(table: &Table, now_ms: i64, started_at_ms: i64) -> TableStatus {
+    let contact = table.last_broker_contact_ms();
+    let silent_since = if contact > 0 { contact } else { started_at_ms };
+    TableStatus {
+        table: table.name().to_string(),
+        topic: table.topic().to_string(),
+        entries: table.len() as u64,
+        ready: table.is_ready(),
+        partitions: table
+            .partitions()
+            .iter()
+            .map(|p| PartitionStatus {
+                partition: p.partition(),
+                position: p.position(),
+                end_offset: p.end_offset(),
+                high_watermark: p.high_watermark(),
+                lag: p.lag(),
+                caught_up: p.is_caught_up(),
+                last_record_timestamp_ms: p.last_timestamp_ms(),
+            })
+            .collect(),
+        memory_bytes: table.data_bytes(),
+        format: table.format().to_string(),
+        skipped_records: table.skipped(),
+        broker_silence_ms: (now_ms - silent_since).max(0),
+        bootstrap_duration_ms: table.bootstrap_duration().map_or(0, |d| d.as_millis() as i64),
+    }
+}

@@ -1,0 +1,353 @@
+//! Prometheus metrics: every name as a const, described once, rendered on `/metrics`.
+//!
+//! The recorder is owned by the app rather than installed globally, so several apps (tests) can
+//! live in one process without mixing their series. Event counters are pre-registered handles
+//! bumped on the hot path; state gauges (entries, positions, lag) are read from the store at
+//! scrape time, so they can never drift from what the store holds.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::store::{Store, Table};
+
+pub const READY: &str = "cdc_cache_ready";
+pub const TABLE_READY: &str = "cdc_cache_table_ready";
+pub const ENTRIES: &str = "cdc_cache_entries";
+pub const MEMORY_BYTES: &str = "cdc_cache_memory_bytes";
+pub const PARTITION_POSITION: &str = "cdc_cache_partition_position";
+pub const PARTITION_HIGH_WATERMARK: &str = "cdc_cache_partition_high_watermark";
+pub const PARTITION_LAG_RECORDS: &str = "cdc_cache_partition_lag_records";
+pub const LAST_RECORD_TIMESTAMP_SECONDS: &str = "cdc_cache_last_record_timestamp_seconds";
+pub const RECORDS_TOTAL: &str = "cdc_cache_records_total";
+pub const DECODE_ERRORS_TOTAL: &str = "cdc_cache_decode_errors_total";
+pub const BOOTSTRAP_DURATION_SECONDS: &str = "cdc_cache_bootstrap_duration_seconds";
+pub const GRPC_REQUESTS_TOTAL: &str = "cdc_cache_grpc_requests_total";
+pub const GRPC_REQUEST_DURATION_SECONDS: &str = "cdc_cache_grpc_request_duration_seconds";
+pub const MULTIGET_KEYS: &str = "cdc_cache_multiget_keys";
+pub const KAFKA_BROKERS_UP: &str = "cdc_cache_kafka_brokers_up";
+pub const BROKER_SILENCE_SECONDS: &str = "cdc_cache_broker_silence_seconds";
+pub const START_TIME_SECONDS: &str = "cdc_cache_start_time_seconds";
+
+/// 10 µs to 1 s in roughly 1-2.5-5 steps: a cache hit is tens of microseconds, a slow call a second.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+];
+const MULTIGET_KEYS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+/// The gRPC methods measured, in the order of [`GrpcMethod`].
+const METHODS: [&str; 3] = ["Get", "MultiGet", "Status"];
+/// gRPC status codes by number, as their canonical names.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcMethod {
+    Get = 0,
+    MultiGet = 1,
+    Status = 2,
+}
+
+/// The app's metrics registry.
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    started_at_seconds: f64,
+    grpc: GrpcMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(GRPC_REQUEST_DURATION_SECONDS.into()),
+                LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(MULTIGET_KEYS.into()), MULTIGET_KEYS_BUCKETS)
+            })
+            .expect("bucket lists are non-empty constants")
+            .build_recorder();
+        let recorder = Arc::new(recorder);
+        let handle = recorder.handle();
+        describe(&recorder);
+        let grpc = GrpcMetrics::new(&recorder);
+        let started_at_seconds = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Arc::new(Self {
+            recorder,
+            handle,
+            started_at_seconds,
+            grpc,
+        })
+    }
+
+    /// Handles for one table's ingest thread. The counters exist (at zero) from start-up, so
+    /// rate() and alert expressions see them before the first event.
+    pub fn table(&self, table: &str) -> Arc<TableMetrics> {
+        let op = |op: &'static str| self.counter(RECORDS_TOTAL, vec![label("table", table), label("op", op)]);
+        Arc::new(TableMetrics {
+            upserts: op("upsert"),
+            deletes: op("delete"),
+            skipped: op("skipped"),
+            decode_errors: self.counter(DECODE_ERRORS_TOTAL, vec![label("table", table)]),
+            brokers_up: self.gauge(KAFKA_BROKERS_UP, vec![label("table", table)]),
+        })
+    }
+
+    pub fn grpc(&self) -> &GrpcMetrics {
+        &self.grpc
+    }
+
+    /// Renders the exposition text, first refreshing the gauges that mirror the store.
+    pub fn render(&self, store: &Store) -> String {
+        self.refresh_state(store);
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run every few seconds so memory stays bounded
+    /// between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn refresh_state(&self, store: &Store) {
+        self.gauge(START_TIME_SECONDS, vec![])
+            .set(self.started_at_seconds);
+        self.gauge(READY, vec![]).set(bool_value(store.ready().is_open()));
+        let now_ms = crate::ingest::now_ms();
+        for table in store.tables() {
+            self.refresh_table(table, now_ms);
+        }
+    }
+
+    fn refresh_table(&self, table: &Table, now_ms: i64) {
+        let name = table.name();
+        let labels = || vec![label("table", name)];
+        self.gauge(TABLE_READY, labels())
+            .set(bool_value(table.is_ready()));
+        self.gauge(ENTRIES, labels()).set(table.len() as f64);
+        self.gauge(MEMORY_BYTES, labels()).set(table.data_bytes() as f64);
+        let bootstrap = table.bootstrap_duration().unwrap_or(Duration::ZERO);
+        self.gauge(BOOTSTRAP_DURATION_SECONDS, labels())
+            .set(bootstrap.as_secs_f64());
+        let contact = table.last_broker_contact_ms();
+        // Before the first contact, silence counts from start-up.
+        let since = if contact > 0 {
+            contact
+        } else {
+            (self.started_at_seconds * 1000.0) as i64
+        };
+        self.gauge(BROKER_SILENCE_SECONDS, labels())
+            .set(((now_ms - since).max(0) as f64) / 1000.0);
+        for p in table.partitions() {
+            let labels = || vec![label("table", name), label("partition", p.partition())];
+            self.gauge(PARTITION_POSITION, labels()).set(p.position() as f64);
+            self.gauge(PARTITION_HIGH_WATERMARK, labels())
+                .set(p.high_watermark() as f64);
+            self.gauge(PARTITION_LAG_RECORDS, labels()).set(p.lag() as f64);
+            self.gauge(LAST_RECORD_TIMESTAMP_SECONDS, labels())
+                .set(p.last_timestamp_ms().max(0) as f64 / 1000.0);
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+}
+
+/// Counters and gauges fed by one table's ingest thread and librdkafka callbacks.
+pub struct TableMetrics {
+    upserts: Counter,
+    deletes: Counter,
+    skipped: Counter,
+    decode_errors: Counter,
+    brokers_up: Gauge,
+}
+
+impl TableMetrics {
+    pub fn record_upserts(&self, n: u64) {
+        self.upserts.increment(n);
+    }
+
+    pub fn record_deletes(&self, n: u64) {
+        self.deletes.increment(n);
+    }
+
+    pub fn record_skipped(&self, n: u64) {
+        self.skipped.increment(n);
+    }
+
+    pub fn record_decode_error(&self) {
+        self.decode_errors.increment(1);
+    }
+
+    pub fn set_brokers_up(&self, brokers: usize) {
+        self.brokers_up.set(brokers as f64);
+    }
+}
+
+/// Request counters by method and code, registered on first use (a series per code that
+/// actually happened), and latency histograms per method.
+pub struct GrpcMetrics {
+    recorder: Arc<PrometheusRecorder>,
+    requests: [[OnceLock<Counter>; CODES.len()]; METHODS.len()],
+    durations: [Histogram; METHODS.len()],
+    multiget_keys: Histogram,
+}
+
+impl GrpcMetrics {
+    fn new(recorder: &Arc<PrometheusRecorder>) -> Self {
+        let histogram = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+        };
+        Self {
+            recorder: recorder.clone(),
+            requests: Default::default(),
+            durations: METHODS.map(|m| histogram(GRPC_REQUEST_DURATION_SECONDS, vec![label("method", m)])),
+            multiget_keys: histogram(MULTIGET_KEYS, vec![]),
+        }
+    }
+
+    /// Records one finished call.
+    pub fn observe(&self, method: GrpcMethod, code: tonic::Code, started: Instant) {
+        let m = method as usize;
+        let c = (code as usize).min(CODES.len() - 1);
+        self.durations[m].record(started.elapsed().as_secs_f64());
+        self.requests[m][c]
+            .get_or_init(|| {
+                let labels = vec![label("method", METHODS[m]), label("code", CODES[c])];
+                self.recorder
+                    .register_counter(&Key::from_parts(GRPC_REQUESTS_TOTAL, labels), &METADATA)
+            })
+            .increment(1);
+    }
+
+    pub fn observe_multiget_keys(&self, keys: usize) {
+        self.multiget_keys.record(keys as f64);
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new("cdc_cache", metrics::Level::INFO, None);
+
+fn label(key: &'static str, value: impl ToString) -> Label {
+    Label::new(key, value.to_string())
+}
+
+fn bool_value(value: bool) -> f64 {
+    if value {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let gauge = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+        recorder.describe_gauge(name.into(), unit, help.into())
+    };
+    let counter =
+        |name: &'static str, help: &'static str| recorder.describe_counter(name.into(), None, help.into());
+    let histogram = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+        recorder.describe_histogram(name.into(), unit, help.into())
+    };
+    gauge(
+        READY,
+        None,
+        "1 when every table has caught up with the end of its topic as it was at start-up.",
+    );
+    gauge(
+        TABLE_READY,
+        None,
+        "1 when the table has caught up with the end of its topic as it was at start-up.",
+    );
+    gauge(ENTRIES, None, "Live keys held in memory.");
+    gauge(
+        MEMORY_BYTES,
+        Some(Unit::Bytes),
+        "Approximate bytes of keys and values held (map overhead not included).",
+    );
+    gauge(PARTITION_POSITION, None, "Next offset to apply, per partition.");
+    gauge(
+        PARTITION_HIGH_WATERMARK,
+        None,
+        "Latest high watermark reported by the broker, per partition.",
+    );
+    gauge(
+        PARTITION_LAG_RECORDS,
+        None,
+        "Records between the applied position and the high watermark (never negative).",
+    );
+    gauge(
+        LAST_RECORD_TIMESTAMP_SECONDS,
+        Some(Unit::Seconds),
+        "Kafka timestamp of the last applied record (0 before the first).",
+    );
+    counter(
+        RECORDS_TOTAL,
+        "Records applied, by operation: upsert, delete, or skipped (undecodable or without key).",
+    );
+    counter(
+        DECODE_ERRORS_TOTAL,
+        "Records whose key or value could not be decoded.",
+    );
+    gauge(
+        BOOTSTRAP_DURATION_SECONDS,
+        Some(Unit::Seconds),
+        "Time from start-up to caught up (0 until ready).",
+    );
+    counter(
+        GRPC_REQUESTS_TOTAL,
+        "Finished gRPC calls by method and status code.",
+    );
+    histogram(
+        GRPC_REQUEST_DURATION_SECONDS,
+        Some(Unit::Seconds),
+        "Server-side gRPC call latency.",
+    );
+    histogram(MULTIGET_KEYS, None, "Keys per MultiGet call.");
+    gauge(
+        KAFKA_BROKERS_UP,
+        None,
+        "Brokers the table's consumer is connected to, from librdkafka statistics.",
+    );
+    gauge(
+        BROKER_SILENCE_SECONDS,
+        Some(Unit::Seconds),
+        "Seconds since the table's consumer last heard from a broker.",
+    );
+    gauge(
+        START_TIME_SECONDS,
+        Some(Unit::Seconds),
+        "Process start time, seconds since the Unix epoch.",
+    );
+}

@@ -1,0 +1,323 @@
+//! The in-memory side: one [`Table`] per cached topic, and readiness for the whole process.
+//!
+//! Ingest is the only writer; gRPC, status and metrics only read.
+
+mod partition;
+mod readiness;
+mod table;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use partition::PartitionState;
+pub use readiness::Latch;
+pub use table::{Applied, Change, Found, Progress, Table};
+
+use crate::config::TableConfig;
+
+#[derive(Debug)]
+pub struct Store {
+    tables: Vec<Arc<Table>>,
+    ready: Latch,
+    started_at: SystemTime,
+}
+
+/// Why a table name did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableLookupError {
+    #[error("table is required: this server has {} tables ({})", .tables.len(), .tables.join(", "))]
+    Ambiguous { tables: Vec<String> },
+    #[error("unknown table {name:?}; configured tables: {}", .tables.join(", "))]
+    Unknown { name: String, tables: Vec<String> },
+}
+
+impl Store {
+    pub fn new(tables: &[TableConfig]) -> Self {
+        Self {
+            tables: tables.iter().map(|t| Arc::new(Table::new(t))).collect(),
+            ready: Latch::new(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    pub fn tables(&self) -> &[Arc<Table>] {
+        &self.tables
+    }
+
+    /// Resolves a request's table name; empty means the only table when there is exactly one.
+    pub fn table(&self, name: &str) -> Result<&Arc<Table>, TableLookupError> {
+        if name.is_empty() {
+            return match self.tables.as_slice() {
+                [only] => Ok(only),
+                _ => Err(TableLookupError::Ambiguous {
+                    tables: self.table_names(),
+                }),
+            };
+        }
+        self.tables
+            .iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| TableLookupError::Unknown {
+                name: name.to_string(),
+                tables: self.table_names(),
+            })
+    }
+
+    /// Opens the process-wide latch once every table is ready.
+    pub fn ready(&self) -> &Latch {
+        &self.ready
+    }
+
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Called after a partition of `table` caught up: marks the table, then the process, ready
+    /// when everything is. Returns true when this call made `table` ready.
+    pub fn note_caught_up(&self, table: &Table) -> bool {
+        let table_became_ready = table.try_mark_ready();
+        if self.tables.iter().all(|t| t.is_ready()) {
+            self.ready.open();
+        }
+        table_became_ready
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.name().to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Format;
+
+    fn config(table: &str) -> TableConfig {
+        TableConfig {
+            topic: format!("topic.{table}"),
+            table: table.to_string(),
+            format: Format::Raw,
+        }
+    }
+
+    fn upsert(key: &str, value: &str) -> Change {
+        Change::Upsert {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn delete(key: &str) -> Change {
+        Change::Delete {
+            key: key.as_bytes().to_vec(),
+        }
+    }
+
+    fn one_partition_table(end_offset: i64) -> (Table, Arc<PartitionState>) {
+        let table = Table::new(&config("t"));
+        table.set_initial_partitions([PartitionState::new(0, 0, end_offset)]);
+        let p = table.partition(0).unwrap();
+        (table, p)
+    }
+
+    #[test]
+    fn upsert_delete_and_last_write_wins() {
+        let (table, p) = one_partition_table(100);
+        assert_eq!(
+            table.apply(&p, 0, Some(1000), upsert("a", "1")).0,
+            Applied::Upserted
+        );
+        table.apply(&p, 1, Some(1001), upsert("b", "2"));
+        table.apply(&p, 2, Some(1002), upsert("a", "3"));
+        let a = table.get(b"a").unwrap();
+        assert_eq!(a.value, Bytes::from_static(b"3"));
+        assert_eq!((a.partition, a.offset, a.timestamp_ms), (0, 2, 1002));
+        assert_eq!(table.apply(&p, 3, None, delete("b")).0, Applied::Deleted);
+        assert_eq!(table.get(b"b"), None);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.data_bytes(), 2, "key a + value 3");
+    }
+
+    #[test]
+    fn empty_value_is_stored_not_deleted() {
+        let (table, p) = one_partition_table(10);
+        table.apply(&p, 0, None, upsert("k", ""));
+        let found = table.get(b"k").expect("empty value is a value");
+        assert!(found.value.is_empty());
+        assert_eq!(found.timestamp_ms, -1, "no timestamp is reported as -1");
+    }
+
+    #[test]
+    fn redelivered_offsets_are_ignored() {
+        let (table, p) = one_partition_table(10);
+        table.apply(&p, 0, None, upsert("k", "old"));
+        table.apply(&p, 1, None, upsert("k", "new"));
+        assert_eq!(table.apply(&p, 0, None, upsert("k", "old")).0, Applied::Duplicate);
+        assert_eq!(table.apply(&p, 1, None, delete("k")).0, Applied::Duplicate);
+        assert_eq!(table.get(b"k").unwrap().value, Bytes::from_static(b"new"));
+    }
+
+    #[test]
+    fn truncate_clears_everything() {
+        let (table, p) = one_partition_table(10);
+        table.apply(&p, 0, None, upsert("a", "1"));
+        table.apply(&p, 1, None, upsert("b", "1"));
+        assert_eq!(table.apply(&p, 2, None, Change::Truncate).0, Applied::Truncated);
+        assert!(table.is_empty());
+        assert_eq!(table.data_bytes(), 0);
+        table.apply(&p, 3, None, upsert("c", "1"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn skipped_records_count_and_advance() {
+        let (table, p) = one_partition_table(2);
+        assert!(!table.skip(&p, 0, None));
+        assert!(
+            !table.skip(&p, 0, None),
+            "a redelivered skip is not counted twice"
+        );
+        assert_eq!(table.skipped(), 1);
+        assert!(table.skip(&p, 1, None), "skipping the last record catches up");
+    }
+
+    #[test]
+    fn readiness_waits_for_every_partition_and_every_table() {
+        let store = Store::new(&[config("a"), config("b")]);
+        let [a, b] = store.tables() else { unreachable!() };
+        assert!(!a.all_caught_up(), "unknown partitions are not caught up");
+        a.set_initial_partitions([PartitionState::new(0, 0, 1), PartitionState::new(1, 0, 0)]);
+        b.set_initial_partitions([PartitionState::new(0, 5, 5)]);
+        assert!(store.note_caught_up(b), "an empty table is ready at once");
+        assert!(!store.ready().is_open());
+        let p0 = a.partition(0).unwrap();
+        let (_, caught_up) = a.apply(&p0, 0, None, upsert("k", "v"));
+        assert!(caught_up);
+        assert!(store.note_caught_up(a));
+        assert!(store.ready().is_open());
+        assert!(a.bootstrap_duration().is_some());
+        assert!(!store.note_caught_up(a), "ready only once");
+    }
+
+    #[test]
+    fn table_lookup_by_name() {
+        let store = Store::new(&[config("a"), config("b")]);
+        assert_eq!(store.table("b").unwrap().name(), "b");
+        let err = store.table("").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "table is required: this server has 2 tables (a, b)"
+        );
+        let err = store.table("c").unwrap_err();
+        assert_eq!(err.to_string(), "unknown table \"c\"; configured tables: a, b");
+        let single = Store::new(&[config("only")]);
+        assert_eq!(single.table("").unwrap().name(), "only");
+    }
+
+    #[test]
+    fn progress_reports_read_share_of_start_up_log() {
+        let table = Table::new(&config("t"));
+        table.set_initial_partitions([PartitionState::new(0, 0, 100), PartitionState::new(1, 50, 150)]);
+        let p1 = table.partition(1).unwrap();
+        table.apply(&p1, 89, None, upsert("k", "v"));
+        let progress = table.progress();
+        assert_eq!((progress.read, progress.total), (40, 200));
+        assert_eq!((progress.partitions, progress.partitions_caught_up), (2, 0));
+    }
+
+    /// A record as the consumer may see it: redelivered, out of step across partitions, with gaps.
+    #[derive(Debug, Clone)]
+    struct LogRecord {
+        partition: i32,
+        offset: i64,
+        key: u8,
+        value: Option<u8>,
+    }
+
+    fn arbitrary_logs() -> impl Strategy<Value = (Vec<LogRecord>, Vec<usize>)> {
+        // Per partition, strictly increasing offsets with gaps (compaction), keys from a small set
+        // so that overwrites and deletes collide. Keys are partitioned as a producer would.
+        let partition_log = |partition: i32| {
+            prop::collection::vec((1i64..4, 0u8..6, prop::option::weighted(0.8, any::<u8>())), 0..40)
+                .prop_map(move |steps| {
+                    let mut offset = -1;
+                    steps
+                        .into_iter()
+                        .map(|(gap, key, value)| {
+                            offset += gap;
+                            LogRecord {
+                                partition,
+                                offset,
+                                key: key * 3 + partition as u8,
+                                value,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+        };
+        (partition_log(0), partition_log(1), partition_log(2)).prop_flat_map(|(a, b, c)| {
+            let logs = vec![a, b, c];
+            let total: usize = logs.iter().map(Vec::len).sum();
+            // A delivery schedule: indexes into the logs' concatenation, replayed with rewinds.
+            let flat: Vec<LogRecord> = logs.into_iter().flatten().collect();
+            (
+                Just(flat),
+                prop::collection::vec(0..total.max(1), 0..(total * 2 + 1)),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn map_equals_last_write_per_key((log, rewinds) in arbitrary_logs()) {
+            let table = Table::new(&config("t"));
+            table.set_initial_partitions((0..3).map(|p| PartitionState::new(p, 0, 1000)));
+            // Deliver each partition in offset order, but after each rewind point replay a
+            // stretch of already-delivered records, as brokers and restarts do.
+            let mut delivered: Vec<&LogRecord> = Vec::new();
+            for (i, record) in log.iter().enumerate() {
+                delivered.push(record);
+                if rewinds.contains(&i) {
+                    let replay: Vec<&LogRecord> = delivered.iter().rev().take(5).rev().copied().collect();
+                    for old in replay {
+                        deliver(&table, old);
+                    }
+                }
+                deliver(&table, record);
+            }
+            let mut expected: HashMap<u8, (u8, i64)> = HashMap::new();
+            for record in &log {
+                match record.value {
+                    Some(v) => { expected.insert(record.key, (v, record.offset)); }
+                    None => { expected.remove(&record.key); }
+                }
+            }
+            prop_assert_eq!(table.len(), expected.len());
+            for (key, (value, offset)) in &expected {
+                let found = table.get(&[*key]).expect("live key present");
+                prop_assert_eq!(found.value.as_ref(), &[*value]);
+                prop_assert_eq!(found.offset, *offset);
+            }
+            prop_assert_eq!(table.data_bytes(), 2 * expected.len() as u64);
+        }
+    }
+
+    fn deliver(table: &Table, record: &LogRecord) {
+        let p = table.partition(record.partition).unwrap();
+        let change = match record.value {
+            Some(v) => Change::Upsert {
+                key: vec![record.key],
+                value: vec![v],
+            },
+            None => Change::Delete {
+                key: vec![record.key],
+            },
+        };
+        table.apply(&p, record.offset, None, change);
+    }
+}

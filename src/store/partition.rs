@@ -1,0 +1,191 @@
+//! Per-partition progress: what has been applied, where the log ended at start-up, where it ends now.
+//!
+//! Written only by the table's ingest thread, read by gRPC status calls and metrics, hence atomics
+//! rather than locks.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+#[derive(Debug)]
+pub struct PartitionState {
+    partition: i32,
+    /// The log start offset when reading began; bounds the bootstrap progress report.
+    log_start: i64,
+    /// The log end offset at start-up: the partition has caught up once `position` reaches it.
+    end_offset: i64,
+    /// Next offset to apply. Records below it are redeliveries and are ignored.
+    position: AtomicI64,
+    /// Latest high watermark (or last stable offset) heard from the broker.
+    high_watermark: AtomicI64,
+    /// Kafka timestamp of the last applied record (ms since the epoch; 0 before the first).
+    last_timestamp_ms: AtomicI64,
+    caught_up: AtomicBool,
+}
+
+impl PartitionState {
+    /// A partition present at start-up, whose log spans `[log_start, end_offset)`.
+    pub fn new(partition: i32, log_start: i64, end_offset: i64) -> Self {
+        let log_start = log_start.max(0);
+        let end_offset = end_offset.max(log_start);
+        Self {
+            partition,
+            log_start,
+            end_offset,
+            position: AtomicI64::new(log_start),
+            high_watermark: AtomicI64::new(end_offset),
+            last_timestamp_ms: AtomicI64::new(0),
+            caught_up: AtomicBool::new(end_offset <= log_start),
+        }
+    }
+
+    /// A partition added to the topic after start-up. It is read from its beginning like any
+    /// other, but it does not hold readiness back: the table already served a complete snapshot.
+    pub fn discovered(partition: i32) -> Self {
+        Self::new(partition, 0, 0)
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn log_start(&self) -> i64 {
+        self.log_start
+    }
+
+    pub fn end_offset(&self) -> i64 {
+        self.end_offset
+    }
+
+    pub fn position(&self) -> i64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Relaxed)
+    }
+
+    pub fn last_timestamp_ms(&self) -> i64 {
+        self.last_timestamp_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Records behind the broker's end of log; never negative.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark() - self.position()).max(0)
+    }
+
+    /// Whether a record at `offset` is new (not a redelivery of one already applied).
+    pub fn is_new(&self, offset: i64) -> bool {
+        offset >= self.position()
+    }
+
+    /// Marks everything below `offset + 1` as applied. Returns true when this made the partition
+    /// catch up with its start-up end offset.
+    pub fn advance_past(&self, offset: i64, timestamp_ms: Option<i64>) -> bool {
+        if let Some(ts) = timestamp_ms {
+            self.last_timestamp_ms.store(ts, Ordering::Relaxed);
+        }
+        self.move_position_to(offset + 1)
+    }
+
+    /// The consumer reached the end of the partition; `consumer_position` is where librdkafka
+    /// says the next fetch starts (past transaction markers, which never reach the app).
+    /// Returns true when this made the partition catch up.
+    pub fn reached_end(&self, consumer_position: Option<i64>) -> bool {
+        let moved_to_end = consumer_position.is_some_and(|position| self.move_position_to(position));
+        // End of partition means every offset below the broker's end has been delivered, so the
+        // start-up end has been reached even if it was a control record we never saw.
+        self.high_watermark.fetch_max(self.position(), Ordering::Relaxed);
+        let newly_caught_up = !self.caught_up.swap(true, Ordering::AcqRel);
+        moved_to_end || newly_caught_up
+    }
+
+    pub fn observe_high_watermark(&self, high_watermark: i64) {
+        if high_watermark >= 0 {
+            self.high_watermark.store(high_watermark, Ordering::Relaxed);
+        }
+    }
+
+    fn move_position_to(&self, position: i64) -> bool {
+        let previous = self.position.fetch_max(position, Ordering::AcqRel);
+        let position = previous.max(position);
+        self.high_watermark.fetch_max(position, Ordering::Relaxed);
+        position >= self.end_offset && !self.caught_up.swap(true, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_partition_is_caught_up_from_the_start() {
+        assert!(PartitionState::new(0, 0, 0).is_caught_up());
+        // A compacted-away or deleted log: start == end above zero.
+        assert!(PartitionState::new(0, 500, 500).is_caught_up());
+        assert!(PartitionState::discovered(3).is_caught_up());
+    }
+
+    #[test]
+    fn catches_up_when_position_reaches_start_up_end() {
+        let p = PartitionState::new(1, 0, 3);
+        assert!(!p.advance_past(0, Some(10)));
+        assert!(!p.advance_past(1, Some(11)));
+        assert!(
+            p.advance_past(2, Some(12)),
+            "offset 2 is the last record below end 3"
+        );
+        assert!(!p.advance_past(3, None), "reports catching up only once");
+        assert_eq!(p.position(), 4);
+        assert_eq!(p.last_timestamp_ms(), 12);
+    }
+
+    #[test]
+    fn offset_gaps_and_log_start_above_zero() {
+        // Compaction left offsets 40, 47 and 99 of a log that starts at 40 and ends at 100.
+        let p = PartitionState::new(0, 40, 100);
+        assert_eq!(p.position(), 40);
+        assert_eq!(p.lag(), 60);
+        assert!(!p.advance_past(40, None));
+        assert!(!p.advance_past(47, None));
+        assert!(p.advance_past(99, None));
+        assert_eq!(p.lag(), 0);
+    }
+
+    #[test]
+    fn log_ending_in_a_transaction_marker_catches_up_at_end_of_partition() {
+        // Records 0..=8, commit marker at 9, end offset 10: the app never sees offset 9.
+        let p = PartitionState::new(0, 0, 10);
+        assert!(!p.advance_past(8, None));
+        assert!(!p.is_caught_up());
+        assert!(p.reached_end(Some(10)));
+        assert_eq!(p.position(), 10);
+        assert_eq!(p.lag(), 0);
+        assert!(!p.reached_end(Some(10)));
+    }
+
+    #[test]
+    fn redeliveries_are_not_new_and_position_never_moves_back() {
+        let p = PartitionState::new(0, 0, 10);
+        p.advance_past(5, None);
+        assert!(!p.is_new(3));
+        assert!(!p.is_new(5));
+        assert!(p.is_new(6));
+        p.reached_end(Some(2));
+        assert_eq!(p.position(), 6);
+    }
+
+    #[test]
+    fn lag_follows_the_high_watermark_and_is_never_negative() {
+        let p = PartitionState::new(0, 0, 10);
+        p.advance_past(9, None);
+        p.observe_high_watermark(25);
+        assert_eq!(p.lag(), 15);
+        p.observe_high_watermark(3);
+        assert_eq!(p.lag(), 0);
+        p.observe_high_watermark(-1);
+        assert_eq!(p.high_watermark(), 3, "an unknown (-1) watermark is ignored");
+    }
+}
