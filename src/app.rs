@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::grpc::{CacheService, HEALTH_SERVICES};
@@ -21,6 +21,7 @@ use crate::store::Store;
 
 /// How long ingest threads get to stop: one poll plus one metadata request in flight.
 const INGEST_STOP_DEADLINE: Duration = Duration::from_secs(10);
+const ADMIN_STOP_DEADLINE: Duration = Duration::from_secs(2);
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +94,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     ingest_stop.cancel();
     let ingest_result = ingest.join(INGEST_STOP_DEADLINE).await;
     admin_stop.cancel();
-    if let Ok(Err(e)) = admin.await {
-        warn!(error = %e, "admin server stopped with an error");
+    // A client holding a health Watch stream open would keep the admin server draining forever.
+    let mut admin = admin;
+    match tokio::time::timeout(ADMIN_STOP_DEADLINE, &mut admin).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "admin server stopped with an error"),
+        Err(_) => {
+            debug!("admin connections still open at exit; closing them");
+            admin.abort();
+        }
+        _ => {}
     }
 
     ingest_result?;

@@ -33,6 +33,11 @@ pub enum ClientError {
 
 /// Connects to a cdc-cache gRPC address (`HOST:PORT` or `unix:/path`).
 pub async fn connect(addr: &str) -> Result<CacheClient<Channel>, ClientError> {
+    Ok(CacheClient::new(channel(addr).await?).max_decoding_message_size(usize::MAX))
+}
+
+/// A channel to a gRPC address (`HOST:PORT` or `unix:/path`), for any service served there.
+pub async fn channel(addr: &str) -> Result<Channel, ClientError> {
     let parsed: ListenAddr = addr.parse().map_err(|reason| ClientError::Addr {
         addr: addr.to_string(),
         reason,
@@ -60,7 +65,7 @@ pub async fn connect(addr: &str) -> Result<CacheClient<Channel>, ClientError> {
                 .map_err(connect_error)?
         }
     };
-    Ok(CacheClient::new(channel).max_decoding_message_size(usize::MAX))
+    Ok(channel)
 }
 
 /// Prints the values of `args.keys`; returns false when any key was missing.
