@@ -29,12 +29,12 @@ async fn bootstraps_every_partition_then_tails() {
         &brokers,
         "orders",
         &[
-            upsert(b"k1", b"v1").to_partition(0),
-            upsert(b"k2", b"v2").to_partition(1),
-            upsert(b"k1", b"v1-updated").to_partition(0),
-            upsert(b"empty", b"").to_partition(0),
-            tombstone(b"k2").to_partition(1),
-            upsert(b"k5", b"v5").to_partition(1),
+            upsert(b"k1", b"v1").on_partition(0),
+            upsert(b"k2", b"v2").on_partition(1),
+            upsert(b"k1", b"v1-updated").on_partition(0),
+            upsert(b"empty", b"").on_partition(0),
+            tombstone(b"k2").on_partition(1),
+            upsert(b"k5", b"v5").on_partition(1),
         ],
     );
     // A record without a key cannot be addressed: skipped and counted.
@@ -94,8 +94,8 @@ async fn bootstraps_every_partition_then_tails() {
         &brokers,
         "orders",
         &[
-            upsert(b"k9", b"v9").to_partition(2),
-            tombstone(b"k1").to_partition(0),
+            upsert(b"k9", b"v9").on_partition(2),
+            tombstone(b"k1").on_partition(0),
         ],
     );
     eventually(TAIL_TIMEOUT, "tailed writes", || {
@@ -264,14 +264,14 @@ async fn log_ending_in_transaction_markers_becomes_ready() {
         &producer,
         "txn",
         &[
-            upsert(b"committed", b"yes").to_partition(0),
-            upsert(b"p1", b"yes").to_partition(1),
+            upsert(b"committed", b"yes").on_partition(0),
+            upsert(b"p1", b"yes").on_partition(1),
         ],
     );
     producer.commit_transaction(timeout).unwrap();
     // Partition 0 then ends in an abort marker, partition 1 in a commit marker.
     producer.begin_transaction().unwrap();
-    send_all(&producer, "txn", &[upsert(b"aborted", b"no").to_partition(0)]);
+    send_all(&producer, "txn", &[upsert(b"aborted", b"no").on_partition(0)]);
     producer.flush(timeout).unwrap();
     producer.abort_transaction(timeout).unwrap();
 

@@ -44,7 +44,8 @@ mod tests {
 
     #[test]
     fn raw_records() {
-        let cases: &[(Option<&[u8]>, Option<&[u8]>, Result<Change, DecodeError>)] = &[
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Result<Change, DecodeError>);
+        let cases: &[Case] = &[
             (
                 Some(b"k"),
                 Some(b"v"),

@@ -194,7 +194,7 @@ pub fn tombstone(key: &[u8]) -> Record<'_> {
 }
 
 impl<'a> Record<'a> {
-    pub fn to_partition(mut self, partition: i32) -> Self {
+    pub fn on_partition(mut self, partition: i32) -> Self {
         self.partition = Some(partition);
         self
     }
