@@ -466,7 +466,7 @@ pub fn is_secret_kafka_key(key: &str) -> bool {
 fn redact_option_text(flag: &str) -> String {
     match flag.split_once('=') {
         Some((key, _)) => format!("{key}=<redacted>"),
-        None if flag.len() > 40 => "<redacted>".into(),
+        None if flag.len() > 40 || is_secret_kafka_key(&flag.to_ascii_lowercase()) => "<redacted>".into(),
         None => flag.to_string(),
     }
 }

@@ -8,6 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cdc_cache::config::{Cli, Command, LogFormat};
+use cdc_cache::ingest::IngestError;
 use cdc_cache::listeners::Listeners;
 use cdc_cache::{app, client, demo, shutdown};
 
@@ -33,7 +34,12 @@ fn main() -> ExitCode {
                     Ok(token) => token,
                     Err(e) => return fail(1, e.into()),
                 };
-                exit_code(app::run(config, listeners, shutdown).await.map_err(Into::into))
+                match app::run(config, listeners, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    // librdkafka refused an option: a configuration error like any bad flag.
+                    Err(e @ app::AppError::Ingest(IngestError::KafkaOption { .. })) => fail(2, e.into()),
+                    Err(e) => fail(1, e.into()),
+                }
             })
         }
         Command::Demo(args) => runtime.block_on(async move {
