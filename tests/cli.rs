@@ -131,16 +131,16 @@ fn secrets_never_reach_the_output() {
     ];
     let admin = ["--metrics-listen", "127.0.0.1:0"];
     // A secret from env (as a Kubernetes secretKeyRef would set it) next to a bad option.
-    let output = run(
+    let from_env = run(
         &[&base[..], &admin, &["--kafka-option", "security.protocol=bogus"]].concat(),
         &[("CDC_CACHE_KAFKA_SASL_PASSWORD", secret)],
     );
-    assert_fails_naming(&output, 2, "--kafka-option security.protocol");
+    assert_fails_naming(&from_env, 2, "--kafka-option security.protocol");
     // A malformed flag that carries a secret.
     let flag = format!("sasl.password{secret}");
-    let output = run(&[&base[..], &admin, &["--kafka-option", &flag]].concat(), &[]);
-    assert_fails_naming(&output, 2, "--kafka-option");
-    for output in [&output] {
+    let malformed = run(&[&base[..], &admin, &["--kafka-option", &flag]].concat(), &[]);
+    assert_fails_naming(&malformed, 2, "--kafka-option");
+    for output in [from_env, malformed] {
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
