@@ -1,7 +1,27 @@
 //! Pure decoding: a record's key and value bytes become a [`Change`] to the map. No I/O here, so
 //! every record shape is a table-driven unit test.
+//!
+//! `raw` stores bytes as they are. `debezium` understands Debezium's JSON (Kafka Connect's
+//! JsonConverter, with or without `schemas.enable`):
+//!
+//! - **Key**: the key's payload (a `{"schema":…,"payload":…}` envelope removed) as compact JSON,
+//!   fields in the order received: `{"id":1}`, `{"order_id":7,"line":2}`.
+//! - **Value**, after removing a schema envelope the same way, is one of:
+//!   - a *change event* when it is an object with a string `op` and a `before` or `after` field:
+//!     `c`, `r`, `u` store `after`; `d` deletes; `t` (truncate) clears the table;
+//!   - otherwise a *flattened row* (ExtractNewRecordState): the object is the row; with
+//!     `"__deleted":"true"` it is a delete, and the `__deleted` field is never stored;
+//!   - `null` (the 4-byte JSON value, or an envelope whose payload is null) deletes, as does a
+//!     Kafka tombstone.
+//!
+//! Values are re-emitted compactly but otherwise untouched: numbers, strings and base64 decimals
+//! keep their exact text (the cache is not a schema engine).
 
 use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::config::Format;
 use crate::store::Change;
@@ -11,19 +31,31 @@ pub enum DecodeError {
     /// A record without a key cannot be looked up; it is skipped.
     #[error("record has no key")]
     NullKey,
+    #[error("key is not JSON: {0}")]
+    KeyNotJson(String),
+    #[error("value is not JSON: {0}")]
+    ValueNotJson(String),
+    #[error("value is JSON {0}; expected an object (a change event or a row) or null")]
+    ValueNotObject(&'static str),
+    #[error("change event with op {op:?} has no \"after\" row")]
+    MissingAfter { op: String },
+    #[error("change event has op {0:?}; expected c, r, u, d or t")]
+    UnsupportedOp(String),
 }
 
 /// Decodes one record. `None` is Kafka's null (absent), distinct from an empty byte string.
 pub fn decode(format: Format, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
     match format {
-        Format::Raw | Format::Debezium => decode_raw(key, value),
+        Format::Raw => decode_raw(key, value),
+        Format::Debezium => decode_debezium(key, value),
     }
 }
 
 /// Brings a key from a lookup request into the form keys are stored in.
 pub fn canonical_key(format: Format, key: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
     match format {
-        Format::Raw | Format::Debezium => Ok(Cow::Borrowed(key)),
+        Format::Raw => Ok(Cow::Borrowed(key)),
+        Format::Debezium => debezium_key(key)?.map(Cow::Owned).ok_or(DecodeError::NullKey),
     }
 }
 
@@ -38,41 +70,217 @@ fn decode_raw(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn decode_debezium(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
+    let key = match key {
+        Some(key) => debezium_key(key)?,
+        None => None,
+    };
+    let Some(key) = key else {
+        // Truncate events concern the whole table and may come without a key.
+        return match value.map(debezium_value).transpose()? {
+            Some(Row::Truncate) => Ok(Change::Truncate),
+            _ => Err(DecodeError::NullKey),
+        };
+    };
+    let Some(value) = value else {
+        return Ok(Change::Delete { key });
+    };
+    Ok(match debezium_value(value)? {
+        Row::Upsert(value) => Change::Upsert { key, value },
+        Row::Delete => Change::Delete { key },
+        Row::Truncate => Change::Truncate,
+    })
+}
 
-    #[test]
-    fn raw_records() {
-        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Result<Change, DecodeError>);
-        let cases: &[Case] = &[
-            (
-                Some(b"k"),
-                Some(b"v"),
-                Ok(Change::Upsert {
-                    key: b"k".to_vec(),
-                    value: b"v".to_vec(),
-                }),
-            ),
-            (
-                Some(b"k"),
-                Some(b""),
-                Ok(Change::Upsert {
-                    key: b"k".to_vec(),
-                    value: Vec::new(),
-                }),
-            ),
-            (Some(b"k"), None, Ok(Change::Delete { key: b"k".to_vec() })),
-            (Some(b""), None, Ok(Change::Delete { key: Vec::new() })),
-            (None, Some(b"v"), Err(DecodeError::NullKey)),
-            (None, None, Err(DecodeError::NullKey)),
-        ];
-        for (key, value, want) in cases {
-            assert_eq!(
-                &decode(Format::Raw, *key, *value),
-                want,
-                "key {key:?} value {value:?}"
-            );
-        }
+/// The key payload as compact JSON; None when the payload is null.
+fn debezium_key(key: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+    let raw: &RawValue = serde_json::from_slice(key).map_err(|e| DecodeError::KeyNotJson(e.to_string()))?;
+    let raw = match Object::parse(raw).map_err(|e| DecodeError::KeyNotJson(e.to_string()))? {
+        Some(object) => object.schema_payload().unwrap_or(raw),
+        None => raw,
+    };
+    if is_null(raw) {
+        return Ok(None);
+    }
+    Ok(Some(compact(raw)))
+}
+
+enum Row {
+    Upsert(Vec<u8>),
+    Delete,
+    Truncate,
+}
+
+fn debezium_value(value: &[u8]) -> Result<Row, DecodeError> {
+    let raw: &RawValue =
+        serde_json::from_slice(value).map_err(|e| DecodeError::ValueNotJson(e.to_string()))?;
+    let mut object = match parse_object(raw)? {
+        Some(object) => object,
+        None => return Ok(Row::Delete),
+    };
+    if let Some(payload) = object.schema_payload() {
+        object = match parse_object(payload)? {
+            Some(object) => object,
+            None => return Ok(Row::Delete),
+        };
+    }
+    if let Some(op) = object.change_event_op() {
+        return match op.as_ref() {
+            "c" | "r" | "u" => match object.get("after").filter(|after| !is_null(after)) {
+                Some(after) if after.get().starts_with('{') => Ok(Row::Upsert(compact(after))),
+                Some(after) => Err(DecodeError::ValueNotObject(kind(after))),
+                None => Err(DecodeError::MissingAfter { op: op.into_owned() }),
+            },
+            "d" => Ok(Row::Delete),
+            "t" => Ok(Row::Truncate),
+            _ => Err(DecodeError::UnsupportedOp(op.into_owned())),
+        };
+    }
+    // A flattened row. Rewrite mode marks deletes with "__deleted":"true".
+    match object.get("__deleted") {
+        None => Ok(Row::Upsert(compact(object.raw))),
+        Some(flag) if matches!(flag.get(), "\"true\"" | "true") => Ok(Row::Delete),
+        Some(_) => Ok(Row::Upsert(object.compact_without("__deleted"))),
     }
 }
+
+/// Parses `raw` as an object; Ok(None) for JSON null; an error for any other JSON type.
+fn parse_object(raw: &RawValue) -> Result<Option<Object<'_>>, DecodeError> {
+    if is_null(raw) {
+        return Ok(None);
+    }
+    match Object::parse(raw) {
+        Ok(Some(object)) => Ok(Some(object)),
+        Ok(None) => Err(DecodeError::ValueNotObject(kind(raw))),
+        Err(e) => Err(DecodeError::ValueNotJson(e.to_string())),
+    }
+}
+
+/// A JSON object's top-level fields, borrowed from the input, in order.
+struct Object<'a> {
+    raw: &'a RawValue,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Object<'a> {
+    /// Ok(None) when `raw` is valid JSON but not an object.
+    fn parse(raw: &'a RawValue) -> Result<Option<Self>, serde_json::Error> {
+        if !raw.get().starts_with('{') {
+            return Ok(None);
+        }
+        let Fields(fields) = serde_json::from_str(raw.get())?;
+        Ok(Some(Object { raw, fields }))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    /// The payload of a Kafka Connect `{"schema":…,"payload":…}` envelope.
+    fn schema_payload(&self) -> Option<&'a RawValue> {
+        match self.fields.as_slice() {
+            [(a, _), (b, _)] if (a == "schema" && b == "payload") || (a == "payload" && b == "schema") => {
+                self.get("payload")
+            }
+            _ => None,
+        }
+    }
+
+    /// `op` when this is a Debezium change event (a string `op` next to `before` or `after`).
+    fn change_event_op(&self) -> Option<Cow<'a, str>> {
+        if self.get("after").is_none() && self.get("before").is_none() {
+            return None;
+        }
+        serde_json::from_str::<Cow<'a, str>>(self.get("op")?.get()).ok()
+    }
+
+    fn compact_without(&self, skip: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.get().len());
+        out.push(b'{');
+        for (name, value) in self.fields.iter().filter(|(k, _)| k != skip) {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, name.as_ref()).expect("writing to a Vec cannot fail");
+            out.push(b':');
+            compact_into(value.get(), &mut out);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Deserializes an object's entries without building values: each stays raw text.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    fields.push((name, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        Some(b'{') => "object",
+        _ => "number",
+    }
+}
+
+fn compact(raw: &RawValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.get().len());
+    compact_into(raw.get(), &mut out);
+    out
+}
+
+/// Copies valid JSON text without insignificant whitespace; everything else, including number
+/// and string text, is kept byte for byte.
+fn compact_into(json: &str, out: &mut Vec<u8>) {
+    let bytes = json.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            out.extend_from_slice(&bytes[run_start..i]);
+            run_start = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[run_start..]);
+}
+
+#[cfg(test)]
+mod tests;
