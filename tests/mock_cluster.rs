@@ -365,3 +365,31 @@ async fn unix_socket_is_private_and_removed_at_exit() {
     app.stop().await.expect("clean shutdown");
     assert!(!socket.exists(), "socket file removed at exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_decode_error_fail_stops_with_the_offending_position() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("dbz", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(
+        &brokers,
+        "dbz",
+        &[
+            upsert(br#"{"id":1}"#, br#"{"id":1}"#),
+            upsert(br#"{"id":2}"#, b"corrupt"),
+            upsert(br#"{"id":3}"#, br#"{"id":3}"#),
+        ],
+    );
+    let app = TestApp::start(
+        &brokers,
+        &["--topic", "dbz:debezium", "--on-decode-error", "fail"],
+    )
+    .await;
+    let error = app
+        .finished(Duration::from_secs(30))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("topic dbz partition 0 at offset 1"), "{error}");
+    assert!(error.contains("--on-decode-error=fail"), "{error}");
+}

@@ -304,3 +304,192 @@ async fn sigterm_during_load_drains_and_exits_zero() {
     assert_eq!(exit.code(), Some(0), "{log}");
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
 }
+
+/// Three Debezium topics as they appear in the wild, mixed with malformed records: every key is
+/// checked through gRPC, bad records are skipped and counted without stopping anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_topics_end_to_end() {
+    let tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    for topic in ["dbz.with_schema", "dbz.no_schema", "dbz.flat"] {
+        create_topic(&brokers, topic, 2, true).await;
+    }
+    let key_schema =
+        r#"{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"}],"optional":false}"#;
+    let with_schema_key = |id: u32| format!(r#"{{"schema":{key_schema},"payload":{{"id":{id}}}}}"#);
+    let with_schema_value = |op: &str, after: &str| {
+        format!(
+            r#"{{"schema":{{"type":"struct","optional":false}},"payload":{{"before":null,"after":{after},"source":{{"db":"shop"}},"op":"{op}","ts_ms":1}}}}"#
+        )
+    };
+    let mut with_schema: Vec<(String, Option<String>)> = Vec::new();
+    for id in 1..=20 {
+        with_schema.push((
+            with_schema_key(id),
+            Some(with_schema_value("r", &format!(r#"{{"id":{id},"v":0}}"#))),
+        ));
+    }
+    with_schema.push((
+        with_schema_key(3),
+        Some(with_schema_value("u", r#"{"id":3,"v":1}"#)),
+    ));
+    with_schema.push((with_schema_key(4), Some(with_schema_value("d", "null"))));
+    with_schema.push((with_schema_key(4), None));
+    with_schema.push((with_schema_key(5), Some("not json at all".into())));
+    with_schema.push(("{broken".into(), Some(with_schema_value("c", r#"{"id":99}"#))));
+
+    let mut no_schema: Vec<(String, Option<String>)> = (1..=20)
+        .map(|id| {
+            (
+                format!(r#"{{"id":{id}}}"#),
+                Some(format!(
+                    r#"{{"before":null,"after":{{"id":{id},"name":"n{id}"}},"op":"c"}}"#
+                )),
+            )
+        })
+        .collect();
+    // A primary-key change: delete + tombstone of the old key, create of the new one.
+    no_schema.push((
+        r#"{"id":1}"#.into(),
+        Some(r#"{"before":{"id":1},"after":null,"op":"d"}"#.into()),
+    ));
+    no_schema.push((r#"{"id":1}"#.into(), None));
+    no_schema.push((
+        r#"{"id":101}"#.into(),
+        Some(r#"{"before":null,"after":{"id":101,"name":"n1"},"op":"c"}"#.into()),
+    ));
+    no_schema.push((r#"{"id":2}"#.into(), Some(r#"[1,2,3]"#.into())));
+
+    let composite = |order: u32, line: u32| format!(r#"{{"order_id":{order},"line":{line}}}"#);
+    let mut flat: Vec<(String, Option<String>)> = Vec::new();
+    for order in 1..=5 {
+        for line in 1..=3 {
+            flat.push((
+                composite(order, line),
+                Some(format!(
+                    r#"{{"order_id":{order},"line":{line},"qty":{line},"__deleted":"false"}}"#
+                )),
+            ));
+        }
+    }
+    flat.push((
+        composite(1, 1),
+        Some(r#"{"order_id":1,"line":1,"qty":1,"__deleted":"true"}"#.into()),
+    ));
+    flat.push((composite(1, 2), Some("null".into())));
+    flat.push((
+        composite(1, 3),
+        Some(r#"{"schema":{"type":"struct"},"payload":null}"#.into()),
+    ));
+    flat.push((composite(2, 1), None));
+
+    for (topic, records) in [
+        ("dbz.with_schema", &with_schema),
+        ("dbz.no_schema", &no_schema),
+        ("dbz.flat", &flat),
+    ] {
+        let records: Vec<Record> = records
+            .iter()
+            .map(|(k, v)| Record {
+                key: k.as_bytes(),
+                value: v.as_deref().map(str::as_bytes),
+                partition: None,
+            })
+            .collect();
+        produce(&brokers, topic, &records);
+    }
+
+    let sidecar = Sidecar::spawn(
+        &brokers,
+        &[
+            "--format",
+            "debezium",
+            "--topic",
+            "dbz.with_schema=with_schema",
+            "--topic",
+            "dbz.no_schema=no_schema",
+            "--topic",
+            "dbz.flat=flat",
+        ],
+    );
+    let mut client = sidecar.client().await;
+    let status = wait_ready(&mut client, READY_TIMEOUT).await;
+
+    let row = |table: &'static str, key: String| {
+        let mut client = client.clone();
+        async move {
+            value(&mut client, table, key.as_bytes())
+                .await
+                .map(|v| String::from_utf8(v).unwrap())
+        }
+    };
+    for id in 1..=20u32 {
+        let want = match id {
+            3 => Some(r#"{"id":3,"v":1}"#.to_string()),
+            4 => None,
+            _ => Some(format!(r#"{{"id":{id},"v":0}}"#)),
+        };
+        // Lookups use the bare primary key, whatever schema the record's key carried.
+        assert_eq!(
+            row("with_schema", format!(r#"{{ "id": {id} }}"#)).await,
+            want,
+            "with_schema id {id}"
+        );
+    }
+    for id in 2..=20u32 {
+        assert_eq!(
+            row("no_schema", format!(r#"{{"id":{id}}}"#)).await,
+            Some(format!(r#"{{"id":{id},"name":"n{id}"}}"#))
+        );
+    }
+    assert_eq!(
+        row("no_schema", r#"{"id":1}"#.into()).await,
+        None,
+        "old primary key gone"
+    );
+    assert_eq!(
+        row("no_schema", r#"{"id":101}"#.into()).await.as_deref(),
+        Some(r#"{"id":101,"name":"n1"}"#)
+    );
+    for order in 1..=5u32 {
+        for line in 1..=3u32 {
+            let deleted = order == 1 || (order == 2 && line == 1);
+            let want = (!deleted).then(|| format!(r#"{{"order_id":{order},"line":{line},"qty":{line}}}"#));
+            assert_eq!(
+                row("flat", composite(order, line)).await,
+                want,
+                "flat {order}/{line}"
+            );
+        }
+    }
+    let error = get(&mut client, "flat", b"order 1 line 1").await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::InvalidArgument,
+        "a key that is not JSON: {error:?}"
+    );
+
+    let skipped: Vec<(String, u64)> = status
+        .tables
+        .iter()
+        .map(|t| (t.table.clone(), t.skipped_records))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            ("with_schema".into(), 2),
+            ("no_schema".into(), 1),
+            ("flat".into(), 0)
+        ]
+    );
+    let (_, scrape) = http_get(sidecar.admin, "/metrics").await;
+    assert!(
+        scrape.contains("cdc_cache_decode_errors_total{table=\"with_schema\"} 2"),
+        "{scrape}"
+    );
+    let log = sidecar.log();
+    assert!(
+        log.contains("skipping undecodable record") && log.contains("dbz.with_schema"),
+        "{log}"
+    );
+}
