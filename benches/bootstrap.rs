@@ -1,0 +1,334 @@
+//! Cold bootstrap: the sidecar's start -> SERVING time next to a bare librdkafka consumer (same
+//! settings) reading the same topic to the end, on a Tansu broker, in the same run; plus the
+//! sidecar's resident memory per entry.
+//!
+//! `cargo bench --bench bootstrap -- [--records N] [--runs N] [--value-bytes N]`
+//! Needs `tansu` on PATH or in ~/.cargo/bin (scripts/test installs it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TOPIC: &str = "bench.bootstrap";
+const PARTITIONS: i32 = 3;
+
+struct Options {
+    records: usize,
+    runs: usize,
+    value_bytes: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        records: 1_000_000,
+        runs: 3,
+        value_bytes: 40,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2) {
+        let n = || pair[1].parse().expect("a number");
+        match pair[0].as_str() {
+            "--records" => o.records = n(),
+            "--runs" => o.runs = n(),
+            "--value-bytes" => o.value_bytes = n(),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn main() {
+    let o = options();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let _tansu = start_tansu(port, dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(create_topics(&brokers));
+    let started = Instant::now();
+    let raw_bytes = produce(&brokers, o.records, o.value_bytes);
+    eprintln!("produced {} records in {:.1?}", o.records, started.elapsed());
+
+    let mut bare = Vec::new();
+    let mut sidecar = Vec::new();
+    let mut rss = Vec::new();
+    let baseline = sidecar_rss_empty(&brokers);
+    for run in 1..=o.runs {
+        // Alternate who goes first, so neither always meets a warmer broker.
+        let mut measure_sidecar = || {
+            let (t, r) = sidecar_bootstrap(&brokers);
+            sidecar.push(t);
+            rss.push(r);
+        };
+        if run % 2 == 1 {
+            bare.push(bare_consumer(&brokers));
+            measure_sidecar();
+        } else {
+            measure_sidecar();
+            bare.push(bare_consumer(&brokers));
+        }
+        eprintln!(
+            "run {run}: bare consumer {:.2?}, sidecar {:.2?}",
+            bare[run - 1],
+            sidecar[run - 1]
+        );
+    }
+    let (b, s) = (median(&bare), median(&sidecar));
+    println!(
+        "\n## Cold bootstrap: {} records x ~{} B, {PARTITIONS} partitions, Tansu (memory)",
+        o.records,
+        o.value_bytes + 10
+    );
+    println!("| reader | min | median | max |\n|---|---|---|---|");
+    println!(
+        "| bare librdkafka consumer | {:.2?} | {:.2?} | {:.2?} |",
+        min(&bare),
+        b,
+        max(&bare)
+    );
+    println!(
+        "| cdc-cache start -> SERVING | {:.2?} | {:.2?} | {:.2?} |",
+        min(&sidecar),
+        s,
+        max(&sidecar)
+    );
+    println!(
+        "ratio sidecar / bare (medians): {:.3}",
+        s.as_secs_f64() / b.as_secs_f64()
+    );
+    let entries = o.records as f64;
+    let rss_median = {
+        let mut r = rss.clone();
+        r.sort_unstable();
+        r[r.len() / 2]
+    };
+    let growth = rss_median.saturating_sub(baseline) as f64;
+    println!(
+        "memory: RSS {:.1} MiB ready vs {:.1} MiB idle; {:.1} B/entry of which {:.1} B raw key+value, {:.1} B overhead",
+        rss_median as f64 / 1048576.0,
+        baseline as f64 / 1048576.0,
+        growth / entries,
+        raw_bytes as f64 / entries,
+        (growth - raw_bytes as f64) / entries
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_binary() -> PathBuf {
+    let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        "tansu".into()
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_tansu(port: u16, dir: &std::path::Path) -> Killed {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu_binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu (run scripts/test to install it)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Killed(child)
+}
+
+async fn create_topics(brokers: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topics = [
+        NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new("bench.empty", 1, TopicReplication::Fixed(1)),
+    ];
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
+}
+
+/// Produces distinct keys (so every record is a live entry); returns raw key+value bytes.
+fn produce(brokers: &str, records: usize, value_bytes: usize) -> usize {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let value = vec![b'v'; value_bytes];
+    let mut raw = 0;
+    for i in 0..records {
+        let key = format!("key-{i:08}");
+        raw += key.len() + value.len();
+        let mut record = BaseRecord::<String, [u8]>::to(TOPIC).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    raw
+}
+
+/// The peer: a consumer with the sidecar's settings, reading every partition to its end.
+fn bare_consumer(brokers: &str) -> Duration {
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    // Like the sidecar: read the log bounds, then assign every partition at its log start.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let (low, _) = consumer
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .unwrap();
+        tpl.add_partition_offset(TOPIC, p, Offset::Offset(low)).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut done = std::collections::HashSet::new();
+    let mut bytes = 0usize;
+    while done.len() < PARTITIONS as usize {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                // Touch the data as a real reader would.
+                bytes += m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            _ => {}
+        }
+    }
+    std::hint::black_box(bytes);
+    started.elapsed()
+}
+
+fn spawn_sidecar(brokers: &str, topic: &str) -> (Killed, std::net::SocketAddr) {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
+        .args([
+            "serve",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--grpc-listen",
+            &grpc,
+        ])
+        .args(["--metrics-listen", &admin.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Killed(child), admin)
+}
+
+fn ready(admin: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Start -> ready, and the resident memory once ready.
+fn sidecar_bootstrap(brokers: &str) -> (Duration, u64) {
+    let started = Instant::now();
+    let (child, admin) = spawn_sidecar(brokers, TOPIC);
+    while !ready(admin) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = started.elapsed();
+    // Let the fetch queue drain before reading memory.
+    std::thread::sleep(Duration::from_secs(2));
+    (took, rss_bytes(child.0.id()))
+}
+
+fn sidecar_rss_empty(brokers: &str) -> u64 {
+    let (child, admin) = spawn_sidecar(brokers, "bench.empty");
+    while !ready(admin) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    rss_bytes(child.0.id())
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn min(v: &[Duration]) -> Duration {
+    *v.iter().min().unwrap()
+}
+
+fn max(v: &[Duration]) -> Duration {
+    *v.iter().max().unwrap()
+}
