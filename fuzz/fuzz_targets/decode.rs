@@ -1,0 +1,27 @@
+//! Any bytes as a record's key and value: the decoder must answer, never panic, and whatever it
+//! stores must be valid JSON (debezium format).
+#![no_main]
+
+use cdc_cache::config::Format;
+use cdc_cache::ingest::cdc::{canonical_key, decode};
+use cdc_cache::store::Change;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // First byte: shape flags; then the key and value split at the first 0xFF.
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let (key, value) = match rest.iter().position(|&b| b == 0xFF) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let key = (flags & 1 == 0).then_some(key);
+    let value = (flags & 2 == 0).then_some(value);
+    let _ = decode(Format::Raw, key, value);
+    if let Ok(Change::Upsert { key, value }) = decode(Format::Debezium, key, value) {
+        serde_json::from_slice::<serde_json::Value>(&key).expect("stored key is JSON");
+        serde_json::from_slice::<serde_json::Value>(&value).expect("stored value is JSON");
+    }
+    if let Some(key) = key {
+        let _ = canonical_key(Format::Debezium, key);
+    }
+});
