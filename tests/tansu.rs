@@ -493,3 +493,85 @@ async fn debezium_topics_end_to_end() {
         "{log}"
     );
 }
+
+/// Kafka's CreatePartitions is not implemented by Tansu 0.6 (nor by librdkafka's mock), so the
+/// partition is added the way Tansu's own CreateTopics lays partitions out in its sqlite store,
+/// with the broker stopped, and the broker restarted: to the sidecar this is a broker outage
+/// after which the topic has one more partition.
+fn add_partition_in_tansu_store(db: &std::path::Path, topic: &str, partition: i32) {
+    let script = r#"
+import sqlite3, sys
+db, topic, partition = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = sqlite3.connect(db)
+c.execute("update topic set partitions = partitions + 1 where name = ?", (topic,))
+c.execute("insert into topition (topic, partition) select id, ? from topic where name = ?", (partition, topic))
+c.execute("insert into watermark (topition) select tp.id from topition tp join topic t on tp.topic = t.id "
+          "where t.name = ? and tp.partition = ?", (topic, partition))
+c.commit()
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap(), topic, &partition.to_string()])
+        .status()
+        .expect("python3");
+    assert!(status.success(), "could not add a partition to the Tansu store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_added_while_running_is_read_from_its_beginning() {
+    let mut tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "growing", 2, true).await;
+    produce(
+        &brokers,
+        "growing",
+        &[
+            upsert(b"a", b"1").on_partition(0),
+            upsert(b"b", b"2").on_partition(1),
+        ],
+    );
+    let sidecar = Sidecar::spawn(
+        &brokers,
+        &["--topic", "growing", "--partition-discovery-interval", "1s"],
+    );
+    let mut client = sidecar.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+
+    tansu.stop();
+    add_partition_in_tansu_store(&tansu.db_path(), "growing", 2);
+    tansu.restart().await;
+    produce(
+        &brokers,
+        "growing",
+        &[
+            upsert(b"c", b"3").on_partition(2),
+            upsert(b"d", b"4").on_partition(2),
+            upsert(b"a", b"5").on_partition(0),
+        ],
+    );
+    let status = eventually(Duration::from_secs(60), "the new partition to be read", || {
+        let mut client = client.clone();
+        async move {
+            let c = value(&mut client, "", b"c").await;
+            let d = value(&mut client, "", b"d").await;
+            let a = value(&mut client, "", b"a").await;
+            let done = c.as_deref() == Some(b"3") && d.as_deref() == Some(b"4") && a.as_deref() == Some(b"5");
+            if done {
+                Some(status(&mut client).await)
+            } else {
+                None
+            }
+        }
+    })
+    .await;
+    let partitions: Vec<i32> = status.tables[0].partitions.iter().map(|p| p.partition).collect();
+    assert_eq!(partitions, vec![0, 1, 2]);
+    assert!(
+        status.ready,
+        "a new partition does not make a ready table unready"
+    );
+    assert!(
+        sidecar.log().contains("new partitions found"),
+        "{}",
+        sidecar.log()
+    );
+}
