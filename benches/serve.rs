@@ -1,0 +1,614 @@
+//! Serving next to Redis, same machine, same keys and values, same run:
+//! Get throughput at 1/16/64 callers (TCP and unix socket) vs `redis-benchmark` GET, latency at
+//! half of peak load, MultiGet of 100 keys vs MGET, and memory per entry vs Redis, plus
+//! freshness (produce -> visible in Get) next to a bare consumer receiving the same records.
+//!
+//! `cargo bench --bench serve -- [--keys N] [--seconds S] [--runs N]`
+//! The load generator is this program (tonic client, HdrHistogram); its own CPU use is printed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdc_cache::proto::cache_client::CacheClient;
+use cdc_cache::proto::{GetRequest, MultiGetRequest};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tonic::transport::Channel;
+
+const TOPIC: &str = "bench.kv";
+const VALUE_BYTES: usize = 200;
+
+struct Options {
+    keys: usize,
+    seconds: f64,
+    runs: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        keys: 100_000,
+        seconds: 5.0,
+        runs: 3,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2) {
+        match pair[0].as_str() {
+            "--keys" => o.keys = pair[1].parse().unwrap(),
+            "--seconds" => o.seconds = pair[1].parse().unwrap(),
+            "--runs" => o.runs = pair[1].parse().unwrap(),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn key(i: usize) -> String {
+    // redis-benchmark's -r key format, so both serve the same keys.
+    format!("key:{i:012}")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let o = options();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 3, 1).unwrap();
+    cluster.create_topic("bench.empty", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let value = vec![b'v'; VALUE_BYTES];
+    load_kafka(&brokers, o.keys, &value);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut out = String::new();
+    out += &format!(
+        "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
+        o.keys, o.seconds, o.runs
+    );
+
+    // Memory first, with nothing else running.
+    let idle = Sidecar::start(&brokers, "bench.empty", None);
+    let idle_rss = idle.ready_rss();
+    drop(idle);
+    let tcp = Sidecar::start(&brokers, TOPIC, None);
+    let sidecar_rss = tcp.ready_rss();
+    let redis = Redis::start();
+    let redis_empty = redis.memory();
+    redis.load(o.keys, &value);
+    let redis_full = redis.memory();
+    let raw = (o.keys * (key(0).len() + VALUE_BYTES)) as f64;
+    let per = |bytes: u64| bytes as f64 / o.keys as f64;
+    let ours = per(sidecar_rss.saturating_sub(idle_rss));
+    let redis_used = per(redis_full.0.saturating_sub(redis_empty.0));
+    let redis_rss = per(redis_full.1.saturating_sub(redis_empty.1));
+    out += "### Memory per entry\n| | bytes/entry | overhead beyond key+value |\n|---|---|---|\n";
+    out += &format!("| raw key+value | {:.0} | 0 |\n", raw / o.keys as f64);
+    out += &format!(
+        "| cdc-cache RSS growth | {ours:.0} | {:.0} |\n",
+        ours - raw / o.keys as f64
+    );
+    out += &format!(
+        "| Redis used_memory growth | {redis_used:.0} | {:.0} |\n",
+        redis_used - raw / o.keys as f64
+    );
+    out += &format!(
+        "| Redis RSS growth | {redis_rss:.0} | {:.0} |\n",
+        redis_rss - raw / o.keys as f64
+    );
+    out += &format!(
+        "cdc-cache / Redis used_memory: {:.2}; / Redis RSS: {:.2}\n\n",
+        ours / redis_used,
+        ours / redis_rss
+    );
+
+    // Get throughput, TCP.
+    out += "### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / Redis | generator CPU (cores) |\n|---|---|---|---|---|---|\n";
+    let unix_path = std::env::temp_dir().join(format!("cdc-cache-bench-{}.sock", std::process::id()));
+    let mut rows = Vec::new();
+    let mut peak_64 = 0.0;
+    for callers in [1usize, 16, 64] {
+        let ours: Vec<LoadResult> = (0..o.runs)
+            .map(|_| runtime.block_on(get_load(&tcp.grpc, callers, o.keys, o.seconds, None)))
+            .collect();
+        let redis_rps: Vec<f64> = (0..o.runs)
+            .map(|_| redis.benchmark_get(callers, o.keys, o.seconds))
+            .collect();
+        let ops: Vec<f64> = ours.iter().map(|r| r.ops_per_sec).collect();
+        let cpu = median(&ours.iter().map(|r| r.generator_cpu).collect::<Vec<_>>());
+        if callers == 64 {
+            peak_64 = median(&ops);
+        }
+        rows.push((callers, ops, redis_rps, cpu));
+    }
+    drop(tcp);
+    let unix = Sidecar::start(&brokers, TOPIC, Some(&unix_path));
+    let unix_addr = format!("unix:{}", unix_path.display());
+    for (callers, ops, redis_rps, cpu) in rows {
+        let unix_ops: Vec<f64> = (0..o.runs)
+            .map(|_| {
+                runtime
+                    .block_on(get_load(&unix_addr, callers, o.keys, o.seconds, None))
+                    .ops_per_sec
+            })
+            .collect();
+        out += &format!(
+            "| {callers} | {} | {} | {} | {:.2} | {cpu:.2} |\n",
+            triple(&ops),
+            triple(&unix_ops),
+            triple(&redis_rps),
+            median(&ops) / median(&redis_rps)
+        );
+    }
+    drop(unix);
+    let tcp = Sidecar::start(&brokers, TOPIC, None);
+
+    // Latency at half of the 64-caller peak.
+    let half = runtime.block_on(get_load(&tcp.grpc, 64, o.keys, o.seconds, Some(peak_64 / 2.0)));
+    out += &format!(
+        "\n### Get latency at half of peak ({:.0} ops/s offered, 64 callers, TCP)\np50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs (achieved {:.0} ops/s)\n",
+        peak_64 / 2.0,
+        half.p50_us,
+        half.p99_us,
+        half.p999_us,
+        half.ops_per_sec
+    );
+
+    // MultiGet 100 keys vs MGET.
+    let mg: Vec<f64> = (0..o.runs)
+        .map(|_| runtime.block_on(multiget_load(&tcp.grpc, 16, o.keys, o.seconds)) * 100.0)
+        .collect();
+    let mget: Vec<f64> = (0..o.runs)
+        .map(|_| redis.benchmark_mget(16, o.keys, o.seconds) * 100.0)
+        .collect();
+    out += &format!(
+        "\n### MultiGet of 100 keys, 16 callers (keys/s)\n| cdc-cache MultiGet | Redis MGET | ratio |\n|---|---|---|\n| {} | {} | {:.2} |\n",
+        triple(&mg),
+        triple(&mget),
+        median(&mg) / median(&mget)
+    );
+
+    // Freshness.
+    let (ours, bare) = runtime.block_on(freshness(&brokers, &tcp.grpc, 300));
+    out += &format!(
+        "\n### Freshness: produce -> visible (µs), 300 updates\n| | p50 | p99 |\n|---|---|---|\n| cdc-cache Get | {:.0} | {:.0} |\n| bare consumer receive | {:.0} | {:.0} |\nratio p50: {:.2}, p99: {:.2}\n",
+        ours.0, ours.1, bare.0, bare.1, ours.0 / bare.0, ours.1 / bare.1
+    );
+    println!("{out}");
+    drop(cluster);
+}
+
+fn load_kafka(brokers: &str, keys: usize, value: &[u8]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    for i in 0..keys {
+        let k = key(i);
+        let mut record = BaseRecord::<String, [u8]>::to(TOPIC).key(&k).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+struct Sidecar {
+    child: Killed,
+    grpc: String,
+    admin: SocketAddr,
+}
+
+impl Sidecar {
+    fn start(brokers: &str, topic: &str, unix: Option<&std::path::Path>) -> Sidecar {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let grpc = match unix {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
+            .args([
+                "serve",
+                "--brokers",
+                brokers,
+                "--topic",
+                topic,
+                "--grpc-listen",
+                &grpc,
+            ])
+            .args(["--metrics-listen", &admin.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sidecar = Sidecar {
+            child: Killed(child),
+            grpc,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !sidecar.ready() {
+            assert!(Instant::now() < deadline, "sidecar not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sidecar
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(self.admin) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response.contains(" 200 ")
+    }
+
+    fn ready_rss(&self) -> u64 {
+        std::thread::sleep(Duration::from_secs(2));
+        rss_bytes(self.child.0.id())
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds used by this process so far (user + system).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct Redis {
+    _child: Killed,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        wait_port(port);
+        Redis {
+            _child: Killed(child),
+            port,
+        }
+    }
+
+    fn load(&self, keys: usize, value: &[u8]) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+            let mut batch = Vec::new();
+            for &i in chunk {
+                let k = key(i);
+                batch.extend_from_slice(
+                    format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n", k.len(), value.len()).as_bytes(),
+                );
+                batch.extend_from_slice(value);
+                batch.extend_from_slice(b"\r\n");
+            }
+            stream.write_all(&batch).unwrap();
+            for _ in chunk {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                assert_eq!(line, "+OK\r\n");
+            }
+        }
+    }
+
+    /// (used_memory, used_memory_rss)
+    fn memory(&self) -> (u64, u64) {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "info", "memory"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("used_memory"), field("used_memory_rss"))
+    }
+
+    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> f64 {
+        // Size the request count to run about `seconds` at ~100k ops/s.
+        let requests = ((seconds * 100_000.0) as usize).max(10_000);
+        let output = Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                &callers.to_string(),
+                "-n",
+                &requests.to_string(),
+            ])
+            .args(["-r", &keys.to_string(), "--csv"])
+            .args(command)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        // "test","rps",...  then one line per test.
+        let line = text.lines().nth(1).unwrap_or_default();
+        line.split(',')
+            .nth(1)
+            .and_then(|v| v.trim_matches('"').parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> f64 {
+        self.benchmark(callers, keys, seconds, &["-t".into(), "get".into()])
+    }
+
+    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> f64 {
+        let mut command = vec!["MGET".to_string()];
+        command.extend((0..100).map(|_| "key:__rand_int__".to_string()));
+        self.benchmark(callers, keys, seconds / 20.0, &command)
+    }
+}
+
+struct LoadResult {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    generator_cpu: f64,
+}
+
+async fn channels(addr: &str, callers: usize) -> Vec<CacheClient<Channel>> {
+    // One HTTP/2 connection per 16 callers, as a client pool would.
+    let mut clients = Vec::new();
+    for _ in 0..callers.div_ceil(16) {
+        let channel = cdc_cache::client::channel(addr).await.unwrap();
+        clients.push(CacheClient::new(channel));
+    }
+    clients
+}
+
+async fn get_load(addr: &str, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
+    let clients = channels(addr, callers).await;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let cpu_before = own_cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let mut client = clients[c % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).unwrap();
+            let mut interval = rate.map(|r| {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(callers as f64 / r));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
+            while Instant::now() < deadline {
+                if let Some(interval) = interval.as_mut() {
+                    interval.tick().await;
+                }
+                let k = key(rand::rng().random_range(0..keys));
+                let t = Instant::now();
+                let response = client
+                    .get(GetRequest {
+                        table: String::new(),
+                        key: k.into_bytes().into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                histogram.record(t.elapsed().as_nanos() as u64).unwrap();
+                assert!(response.found);
+            }
+            histogram
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        all.add(task.await.unwrap()).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    LoadResult {
+        ops_per_sec: all.len() as f64 / elapsed,
+        p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
+        generator_cpu: (own_cpu_seconds() - cpu_before) / elapsed,
+    }
+}
+
+/// Calls per second.
+async fn multiget_load(addr: &str, callers: usize, keys: usize, seconds: f64) -> f64 {
+    let clients = channels(addr, callers).await;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let mut client = clients[c % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                let batch = (0..100)
+                    .map(|_| key(rand::rng().random_range(0..keys)).into_bytes().into())
+                    .collect();
+                let response = client
+                    .multi_get(MultiGetRequest {
+                        table: String::new(),
+                        keys: batch,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(response.results.len(), 100);
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.unwrap();
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Produce -> visible latencies (p50, p99 in µs) for the sidecar and for a bare consumer that
+/// receives the same records.
+async fn freshness(brokers: &str, grpc: &str, updates: usize) -> ((f64, f64), (f64, f64)) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<f64>>();
+    let brokers_owned = brokers.to_string();
+    let sent_for_consumer = sent.clone();
+    let consumer_thread = std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers_owned)
+            .set("group.id", "bench-freshness")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(TOPIC, p, Offset::End).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut latencies = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while latencies.len() < updates && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                if let Some(t) = sent_for_consumer.lock().unwrap().get(&format!(
+                    "{k}={}",
+                    String::from_utf8_lossy(m.payload().unwrap_or_default())
+                )) {
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        tx.send(latencies).unwrap();
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the consumer assign
+    let mut client = CacheClient::new(cdc_cache::client::channel(grpc).await.unwrap());
+    let mut ours = Vec::new();
+    for u in 0..updates {
+        let k = key(u);
+        let v = format!("fresh-{u}");
+        sent.lock().unwrap().insert(format!("{k}={v}"), Instant::now());
+        let t = Instant::now();
+        producer.send(BaseRecord::to(TOPIC).key(&k).payload(&v)).unwrap();
+        producer.poll(Duration::ZERO);
+        loop {
+            let r = client
+                .get(GetRequest {
+                    table: String::new(),
+                    key: k.clone().into_bytes().into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.value.as_ref() == v.as_bytes() {
+                ours.push(t.elapsed().as_secs_f64() * 1e6);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let bare = tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    consumer_thread.join().unwrap();
+    (percentiles(ours), percentiles(bare))
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn triple(v: &[f64]) -> String {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    format!("{:.0} / {:.0} / {:.0}", v[0], v[v.len() / 2], v[v.len() - 1])
+}
