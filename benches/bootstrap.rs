@@ -5,8 +5,10 @@
 //! `cargo bench --bench bootstrap -- [--records N] [--runs N] [--value-bytes N]`
 //! Needs `tansu` on PATH or in ~/.cargo/bin (scripts/test installs it).
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,6 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+
+use common::{arg, free_port, median, sorted, Killed, Sidecar};
 
 const TOPIC: &str = "bench.bootstrap";
 const PARTITIONS: i32 = 3;
@@ -27,22 +31,11 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        records: 1_000_000,
-        runs: 3,
-        value_bytes: 40,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args.windows(2) {
-        let n = || pair[1].parse().expect("a number");
-        match pair[0].as_str() {
-            "--records" => o.records = n(),
-            "--runs" => o.runs = n(),
-            "--value-bytes" => o.value_bytes = n(),
-            _ => {}
-        }
+    Options {
+        records: arg("--records", 1_000_000),
+        runs: arg("--runs", 3),
+        value_bytes: arg("--value-bytes", 40),
     }
-    o
 }
 
 fn main() {
@@ -90,26 +83,22 @@ fn main() {
     println!("| reader | min | median | max |\n|---|---|---|---|");
     println!(
         "| bare librdkafka consumer | {:.2?} | {:.2?} | {:.2?} |",
-        min(&bare),
+        sorted(&bare)[0],
         b,
-        max(&bare)
+        sorted(&bare)[bare.len() - 1]
     );
     println!(
         "| cdc-cache start -> SERVING | {:.2?} | {:.2?} | {:.2?} |",
-        min(&sidecar),
+        sorted(&sidecar)[0],
         s,
-        max(&sidecar)
+        sorted(&sidecar)[sidecar.len() - 1]
     );
     println!(
         "ratio sidecar / bare (medians): {:.3}",
         s.as_secs_f64() / b.as_secs_f64()
     );
     let entries = o.records as f64;
-    let rss_median = {
-        let mut r = rss.clone();
-        r.sort_unstable();
-        r[r.len() / 2]
-    };
+    let rss_median = median(&rss);
     let growth = rss_median.saturating_sub(baseline) as f64;
     println!(
         "memory: RSS {:.1} MiB ready vs {:.1} MiB idle; {:.1} B/entry of which {:.1} B raw key+value, {:.1} B overhead",
@@ -121,29 +110,12 @@ fn main() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn tansu_binary() -> PathBuf {
     let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
     if cargo_bin.exists() {
         cargo_bin
     } else {
         "tansu".into()
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -255,80 +227,14 @@ fn bare_consumer(brokers: &str) -> Duration {
     started.elapsed()
 }
 
-fn spawn_sidecar(brokers: &str, topic: &str) -> (Killed, std::net::SocketAddr) {
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
-        .args([
-            "serve",
-            "--brokers",
-            brokers,
-            "--topic",
-            topic,
-            "--grpc-listen",
-            &grpc,
-        ])
-        .args(["--metrics-listen", &admin.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (Killed(child), admin)
-}
-
-fn ready(admin: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
-        return false;
-    };
-    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Start -> ready, and the resident memory once ready.
 fn sidecar_bootstrap(brokers: &str) -> (Duration, u64) {
     let started = Instant::now();
-    let (child, admin) = spawn_sidecar(brokers, TOPIC);
-    while !ready(admin) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let sidecar = Sidecar::start(brokers, TOPIC, format!("127.0.0.1:{}", free_port()));
     let took = started.elapsed();
-    // Let the fetch queue drain before reading memory.
-    std::thread::sleep(Duration::from_secs(2));
-    (took, rss_bytes(child.0.id()))
+    (took, sidecar.settled_rss())
 }
 
 fn sidecar_rss_empty(brokers: &str) -> u64 {
-    let (child, admin) = spawn_sidecar(brokers, "bench.empty");
-    while !ready(admin) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    rss_bytes(child.0.id())
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-fn min(v: &[Duration]) -> Duration {
-    *v.iter().min().unwrap()
-}
-
-fn max(v: &[Duration]) -> Duration {
-    *v.iter().max().unwrap()
+    Sidecar::start(brokers, "bench.empty", format!("127.0.0.1:{}", free_port())).settled_rss()
 }

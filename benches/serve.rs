@@ -7,9 +7,11 @@
 //! The load generator is this program (tonic client, HdrHistogram); its own CPU use is printed.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tonic::transport::Channel;
 
+use common::{arg, free_port, median, sorted, Killed, Sidecar};
+
 const TOPIC: &str = "bench.kv";
 const VALUE_BYTES: usize = 200;
 
@@ -34,43 +38,20 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        keys: 100_000,
-        seconds: 5.0,
-        runs: 3,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args.windows(2) {
-        match pair[0].as_str() {
-            "--keys" => o.keys = pair[1].parse().unwrap(),
-            "--seconds" => o.seconds = pair[1].parse().unwrap(),
-            "--runs" => o.runs = pair[1].parse().unwrap(),
-            _ => {}
-        }
+    Options {
+        keys: arg("--keys", 100_000),
+        seconds: arg("--seconds", 5.0),
+        runs: arg("--runs", 3),
     }
-    o
+}
+
+fn tcp_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
 }
 
 fn key(i: usize) -> String {
     // redis-benchmark's -r key format, so both serve the same keys.
     format!("key:{i:012}")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16) {
@@ -101,11 +82,9 @@ fn main() {
     );
 
     // Memory first, with nothing else running.
-    let idle = Sidecar::start(&brokers, "bench.empty", None);
-    let idle_rss = idle.ready_rss();
-    drop(idle);
-    let tcp = Sidecar::start(&brokers, TOPIC, None);
-    let sidecar_rss = tcp.ready_rss();
+    let idle_rss = Sidecar::start(&brokers, "bench.empty", tcp_addr()).settled_rss();
+    let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
+    let sidecar_rss = tcp.settled_rss();
     let redis = Redis::start();
     let redis_empty = redis.memory();
     redis.load(o.keys, &value);
@@ -155,8 +134,8 @@ fn main() {
         rows.push((callers, ops, redis_rps, cpu));
     }
     drop(tcp);
-    let unix = Sidecar::start(&brokers, TOPIC, Some(&unix_path));
     let unix_addr = format!("unix:{}", unix_path.display());
+    let unix = Sidecar::start(&brokers, TOPIC, unix_addr.clone());
     for (callers, ops, redis_rps, cpu) in rows {
         let unix_ops: Vec<f64> = (0..o.runs)
             .map(|_| {
@@ -174,7 +153,7 @@ fn main() {
         );
     }
     drop(unix);
-    let tcp = Sidecar::start(&brokers, TOPIC, None);
+    let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
 
     // Latency at half of the 64-caller peak.
     let half = runtime.block_on(get_load(&tcp.grpc, 64, o.keys, o.seconds, Some(peak_64 / 2.0)));
@@ -231,73 +210,6 @@ fn load_kafka(brokers: &str, keys: usize, value: &[u8]) {
         }
     }
     producer.flush(Duration::from_secs(120)).unwrap();
-}
-
-struct Sidecar {
-    child: Killed,
-    grpc: String,
-    admin: SocketAddr,
-}
-
-impl Sidecar {
-    fn start(brokers: &str, topic: &str, unix: Option<&std::path::Path>) -> Sidecar {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let grpc = match unix {
-            Some(path) => format!("unix:{}", path.display()),
-            None => format!("127.0.0.1:{}", free_port()),
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
-            .args([
-                "serve",
-                "--brokers",
-                brokers,
-                "--topic",
-                topic,
-                "--grpc-listen",
-                &grpc,
-            ])
-            .args(["--metrics-listen", &admin.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sidecar = Sidecar {
-            child: Killed(child),
-            grpc,
-            admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !sidecar.ready() {
-            assert!(Instant::now() < deadline, "sidecar not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sidecar
-    }
-
-    fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(self.admin) else {
-            return false;
-        };
-        let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-        let mut response = String::new();
-        let _ = s.read_to_string(&mut response);
-        response.contains(" 200 ")
-    }
-
-    fn ready_rss(&self) -> u64 {
-        std::thread::sleep(Duration::from_secs(2));
-        rss_bytes(self.child.0.id())
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// CPU seconds used by this process so far (user + system).
@@ -601,14 +513,7 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn triple(v: &[f64]) -> String {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
+    let v = sorted(v);
     format!("{:.0} / {:.0} / {:.0}", v[0], v[v.len() / 2], v[v.len() - 1])
 }

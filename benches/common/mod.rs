@@ -1,0 +1,115 @@
+//! What the benchmark programs share: arguments, ports, child processes, readiness, memory.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// The value after `--name` on the command line, or `default`.
+pub fn arg<T: FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|pair| pair[0] == name)
+        .map(|pair| {
+            pair[1]
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: not a valid value"))
+        })
+        .unwrap_or(default)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A release `cdc-cache serve` on `topic`, gRPC on `grpc` (HOST:PORT or unix:/path).
+pub struct Sidecar {
+    pub child: Killed,
+    pub grpc: String,
+    pub admin: SocketAddr,
+}
+
+impl Sidecar {
+    /// Starts the sidecar and returns once `/readyz` answers 200.
+    pub fn start(brokers: &str, topic: &str, grpc: String) -> Sidecar {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
+            .args([
+                "serve",
+                "--brokers",
+                brokers,
+                "--topic",
+                topic,
+                "--grpc-listen",
+                &grpc,
+            ])
+            .args(["--metrics-listen", &admin.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sidecar = Sidecar {
+            child: Killed(child),
+            grpc,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !sidecar.ready() {
+            assert!(Instant::now() < deadline, "sidecar not ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sidecar
+    }
+
+    pub fn ready(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(self.admin) else {
+            return false;
+        };
+        let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.contains(" 200 ")
+    }
+
+    /// Resident memory after a pause that lets the consumer's fetch queue drain.
+    pub fn settled_rss(&self) -> u64 {
+        std::thread::sleep(Duration::from_secs(2));
+        rss_bytes(self.child.0.id())
+    }
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
+    sorted(values)[values.len() / 2]
+}
+
+pub fn sorted<T: Copy + PartialOrd>(values: &[T]) -> Vec<T> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+    v
+}
