@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -19,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::{arg, free_port, median, sorted, Killed, Sidecar};
+use common::{arg, free_port, median, sorted, start_tansu, Sidecar};
 
 const TOPIC: &str = "bench.bootstrap";
 const PARTITIONS: i32 = 3;
@@ -108,39 +106,6 @@ fn main() {
         raw_bytes as f64 / entries,
         (growth - raw_bytes as f64) / entries
     );
-}
-
-fn tansu_binary() -> PathBuf {
-    let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
-    if cargo_bin.exists() {
-        cargo_bin
-    } else {
-        "tansu".into()
-    }
-}
-
-fn start_tansu(port: u16, dir: &std::path::Path) -> Killed {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_binary())
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (run scripts/test to install it)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Killed(child)
 }
 
 async fn create_topics(brokers: &str) {

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -93,6 +94,39 @@ impl Sidecar {
         std::thread::sleep(Duration::from_secs(2));
         rss_bytes(self.child.0.id())
     }
+}
+
+pub fn tansu_binary() -> PathBuf {
+    let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        "tansu".into()
+    }
+}
+
+pub fn start_tansu(port: u16, dir: &std::path::Path) -> Killed {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu_binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu (run scripts/test to install it)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Killed(child)
 }
 
 pub fn rss_bytes(pid: u32) -> u64 {
