@@ -475,6 +475,8 @@ async fn freshness(brokers: &str, grpc: &str, updates: usize) -> ((f64, f64), (f
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers_owned)
             .set("group.id", "bench-freshness")
+            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", "1000")
             .set("isolation.level", "read_committed")
             .create()
             .unwrap();
