@@ -144,6 +144,31 @@ mod tests {
     }
 
     #[test]
+    fn readers_never_see_a_key_missing_while_it_is_overwritten() {
+        let (table, p) = one_partition_table(1_000_000);
+        table.apply(&p, 0, None, upsert("k", "0"));
+        let table = Arc::new(table);
+        let writer = {
+            let table = table.clone();
+            std::thread::spawn(move || {
+                for offset in 1..20_000 {
+                    let value = if offset % 2 == 0 {
+                        "short"
+                    } else {
+                        "a longer value"
+                    };
+                    table.apply(&p, offset, None, upsert("k", value));
+                }
+            })
+        };
+        while !writer.is_finished() {
+            assert!(table.get(b"k").is_some(), "an overwrite never removes the key");
+        }
+        writer.join().unwrap();
+        assert_eq!(table.data_bytes(), 1 + "a longer value".len() as u64);
+    }
+
+    #[test]
     fn empty_value_is_stored_not_deleted() {
         let (table, p) = one_partition_table(10);
         table.apply(&p, 0, None, upsert("k", ""));

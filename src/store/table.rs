@@ -36,14 +36,83 @@ pub enum Applied {
     Duplicate,
 }
 
-/// A value as stored. Keys and values are exact-size boxed slices: 16 bytes of pointer and
-/// length each, with no spare capacity and no reference count.
+/// One stored record in a single exact-size allocation:
+/// `[partition i32][offset i64][timestamp_ms i64][key_len u32][key][value]`.
+///
+/// The map holds nothing but this 16-byte pointer and length per entry, and each entry costs one
+/// heap allocation. (Separate key and value boxes plus an inline struct cost 56 bytes per slot
+/// and two allocations: about 190 bytes per entry beyond the data at a million entries, see
+/// BENCHMARKS.md.) Hash and equality are those of the key, so the map is looked up by `&[u8]`.
 #[derive(Debug)]
-struct Entry {
-    value: Box<[u8]>,
-    offset: i64,
-    timestamp_ms: i64,
-    partition: i32,
+struct Record(Box<[u8]>);
+
+const HEADER: usize = 4 + 8 + 8 + 4;
+
+impl Record {
+    fn new(key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) -> Record {
+        let mut bytes = Vec::with_capacity(HEADER + key.len() + value.len());
+        bytes.extend_from_slice(&partition.to_le_bytes());
+        bytes.extend_from_slice(&offset.to_le_bytes());
+        bytes.extend_from_slice(&timestamp_ms.to_le_bytes());
+        // Kafka caps a record far below 4 GiB, so a key length always fits.
+        bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        Record(bytes.into_boxed_slice())
+    }
+
+    fn field<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.0[at..at + N]
+            .try_into()
+            .expect("header fields are in bounds")
+    }
+
+    fn key_len(&self) -> usize {
+        u32::from_le_bytes(self.field(20)) as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.0[HEADER..HEADER + self.key_len()]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.0[HEADER + self.key_len()..]
+    }
+
+    /// Key plus value bytes: what `memory_bytes` counts.
+    fn data_len(&self) -> i64 {
+        (self.0.len() - HEADER) as i64
+    }
+
+    fn found(&self) -> Found {
+        Found {
+            value: Bytes::copy_from_slice(self.value()),
+            partition: i32::from_le_bytes(self.field(0)),
+            offset: i64::from_le_bytes(self.field(4)),
+            timestamp_ms: i64::from_le_bytes(self.field(12)),
+        }
+    }
+}
+
+impl std::hash::Hash for Record {
+    // Must hash exactly as `[u8]` does, for lookups by borrowed key.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Record {}
+
+impl std::borrow::Borrow<[u8]> for Record {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
 }
 
 /// A lookup hit.
@@ -69,7 +138,7 @@ pub struct Table {
     name: String,
     topic: String,
     format: Format,
-    entries: DashMap<Box<[u8]>, Entry>,
+    entries: DashMap<Record, ()>,
     partitions: RwLock<BTreeMap<i32, Arc<PartitionState>>>,
     /// Set once the partitions present at start-up are registered; until then nothing is ready.
     partitions_known: AtomicBool,
@@ -204,26 +273,28 @@ impl Table {
         }
         let applied = match change {
             Change::Upsert { key, value } => {
-                let key_len = key.len() as i64;
-                let value_len = value.len() as i64;
-                let entry = Entry {
-                    value: value.into_boxed_slice(),
+                let record = Record::new(
+                    &key,
+                    &value,
+                    partition.partition(),
                     offset,
-                    timestamp_ms: timestamp_ms.unwrap_or(-1),
-                    partition: partition.partition(),
+                    timestamp_ms.unwrap_or(-1),
+                );
+                let added = record.data_len();
+                // Replace key and value in place, so a concurrent reader never sees the key absent.
+                let removed = match self.entries.entry(record) {
+                    dashmap::Entry::Occupied(entry) => entry.replace_entry(()).0.data_len(),
+                    dashmap::Entry::Vacant(entry) => {
+                        entry.insert(());
+                        0
+                    }
                 };
-                // A replaced entry keeps its (equal) key, so only the value size changes.
-                let delta = match self.entries.insert(key.into_boxed_slice(), entry) {
-                    Some(old) => value_len - old.value.len() as i64,
-                    None => key_len + value_len,
-                };
-                self.data_bytes.fetch_add(delta, Ordering::Relaxed);
+                self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
                 Applied::Upserted
             }
             Change::Delete { key } => {
-                if let Some((key, entry)) = self.entries.remove(key.as_slice()) {
-                    let removed = (key.len() + entry.value.len()) as i64;
-                    self.data_bytes.fetch_sub(removed, Ordering::Relaxed);
+                if let Some((record, ())) = self.entries.remove(key.as_slice()) {
+                    self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
                 }
                 Applied::Deleted
             }
@@ -249,12 +320,7 @@ impl Table {
 
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         // The shard guard lives only for this expression: copy out and release.
-        self.entries.get(key).map(|entry| Found {
-            value: Bytes::copy_from_slice(&entry.value),
-            partition: entry.partition,
-            offset: entry.offset,
-            timestamp_ms: entry.timestamp_ms,
-        })
+        self.entries.get(key).map(|entry| entry.key().found())
     }
 
     /// True when the start-up partitions are known and every one has caught up.
