@@ -424,6 +424,7 @@ impl Worker {
 
     fn on_partition_progress(&self) {
         if self.store.note_caught_up(&self.table) {
+            crate::memory::release_free_memory();
             info!(
                 table = self.table.name(),
                 entries = self.table.len(),

@@ -1,0 +1,17 @@
+//! Gives memory freed during bootstrap back to the operating system.
+//!
+//! Bootstrap churns through short-lived buffers (librdkafka fetch batches, decoded keys and values)
+//! interleaved with the long-lived records, and glibc keeps the freed pages. Measured on 1M
+//! entries of ~52 bytes: RSS 175.5 MB when ready, 141.2 MB after `malloc_trim(0)`, about 35 bytes
+//! per entry. That measured win is the one reason this crate contains `unsafe`.
+
+/// Returns free heap pages to the OS (glibc only; a no-op elsewhere).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only walks glibc's own allocator state and takes its locks; it has no
+    // preconditions on the caller and does not touch live allocations.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
