@@ -193,15 +193,24 @@ fn main() {
     println!("{out}");
 }
 
-/// The sidecar holds every key: a benchmark of a half-loaded cache would measure nothing.
+/// Waits until the sidecar holds every key: a benchmark of a half-loaded cache would measure
+/// nothing. (Tansu may report a produced record in its high watermark a little after the ack, so
+/// "ready" can come before the last records are applied.)
 async fn assert_loaded(grpc: &str, keys: usize) {
     let mut client = CacheClient::new(cdc_cache::client::channel(grpc).await.unwrap());
-    let status = client
-        .status(cdc_cache::proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.tables[0].entries as usize, keys, "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client
+            .status(cdc_cache::proto::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.tables[0].entries as usize == keys {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not every key loaded: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn create_topics(brokers: &str) {
