@@ -9,15 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::{arg, free_port, median, sorted, start_tansu, Sidecar};
+use common::{arg, create_topics, free_port, median, produce_all, sorted, start_tansu, Sidecar};
 
 const TOPIC: &str = "bench.bootstrap";
 const PARTITIONS: i32 = 3;
@@ -43,9 +41,19 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let _tansu = start_tansu(port, dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(create_topics(&brokers));
+    runtime.block_on(create_topics(
+        &brokers,
+        &[(TOPIC, PARTITIONS, true), ("bench.empty", 1, false)],
+    ));
     let started = Instant::now();
-    let raw_bytes = produce(&brokers, o.records, o.value_bytes);
+    // Distinct keys, so every record is a live entry.
+    let raw_bytes = produce_all(
+        &brokers,
+        TOPIC,
+        o.records,
+        |i| format!("key-{i:08}"),
+        &vec![b'v'; o.value_bytes],
+    );
     eprintln!("produced {} records in {:.1?}", o.records, started.elapsed());
 
     let mut bare = Vec::new();
@@ -106,49 +114,6 @@ fn main() {
         raw_bytes as f64 / entries,
         (growth - raw_bytes as f64) / entries
     );
-}
-
-async fn create_topics(brokers: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
-        NewTopic::new("bench.empty", 1, TopicReplication::Fixed(1)),
-    ];
-    for result in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
-        result.unwrap();
-    }
-}
-
-/// Produces distinct keys (so every record is a live entry); returns raw key+value bytes.
-fn produce(brokers: &str, records: usize, value_bytes: usize) -> usize {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let value = vec![b'v'; value_bytes];
-    let mut raw = 0;
-    for i in 0..records {
-        let key = format!("key-{i:08}");
-        raw += key.len() + value.len();
-        let mut record = BaseRecord::<String, [u8]>::to(TOPIC).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(300)).unwrap();
-    raw
 }
 
 /// The peer: a consumer with the sidecar's settings, reading every partition to its end.

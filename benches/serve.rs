@@ -19,15 +19,13 @@ use cdc_cache::proto::cache_client::CacheClient;
 use cdc_cache::proto::{GetRequest, MultiGetRequest};
 use hdrhistogram::Histogram;
 use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tonic::transport::Channel;
 
-use common::{arg, free_port, median, sorted, start_tansu, Killed, Sidecar};
+use common::{arg, create_topics, free_port, median, produce_all, sorted, start_tansu, Killed, Sidecar};
 
 const TOPIC: &str = "bench.kv";
 const VALUE_BYTES: usize = 200;
@@ -76,8 +74,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(create_topics(&brokers));
-    load_kafka(&brokers, o.keys, &value);
+    runtime.block_on(create_topics(
+        &brokers,
+        &[(TOPIC, 3, true), ("bench.empty", 1, false)],
+    ));
+    produce_all(&brokers, TOPIC, o.keys, key, &value);
     let mut out = String::new();
     out += &format!(
         "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
@@ -211,42 +212,6 @@ async fn assert_loaded(grpc: &str, keys: usize) {
         assert!(Instant::now() < deadline, "not every key loaded: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn create_topics(brokers: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new(TOPIC, 3, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
-        NewTopic::new("bench.empty", 1, TopicReplication::Fixed(1)),
-    ];
-    for result in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
-        result.unwrap();
-    }
-}
-
-fn load_kafka(brokers: &str, keys: usize, value: &[u8]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
-    for i in 0..keys {
-        let k = key(i);
-        let mut record = BaseRecord::<String, [u8]>::to(TOPIC).key(&k).payload(value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
 }
 
 /// CPU seconds used by this process so far (user + system).

@@ -129,6 +129,70 @@ pub fn start_tansu(port: u16, dir: &std::path::Path) -> Killed {
     Killed(child)
 }
 
+/// Creates the topics: (name, partitions, compacted).
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32, bool)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|&(name, partitions, compact)| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+            if compact {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    for result in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// Produces `count` records `key(i)` -> `value` in large batches and waits for every ack;
+/// returns the key and value bytes written.
+pub fn produce_all(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    key: impl Fn(usize) -> String,
+    value: &[u8],
+) -> usize {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let mut bytes = 0;
+    for i in 0..count {
+        let k = key(i);
+        bytes += k.len() + value.len();
+        let mut record = BaseRecord::<String, [u8]>::to(topic).key(&k).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    // The local queue is full: let deliveries drain, then retry.
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    bytes
+}
+
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
