@@ -346,6 +346,9 @@ impl Worker {
             return Ok(());
         };
         self.table.note_broker_contact(now_ms());
+        if !partition.is_new(offset) {
+            return Ok(()); // a redelivery (brokers and restarts do this): already applied or skipped
+        }
         let timestamp = message.timestamp().to_millis();
         let caught_up = match cdc::decode(self.table.format(), message.key(), message.payload()) {
             Ok(change) => {
@@ -358,9 +361,6 @@ impl Worker {
                 caught_up
             }
             Err(error) => {
-                if !partition.is_new(offset) {
-                    return Ok(()); // a redelivery of a record already skipped
-                }
                 self.reject(id, offset, error)?;
                 self.metrics.record_skipped(1);
                 self.table.skip(&partition, offset, timestamp)
