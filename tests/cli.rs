@@ -93,9 +93,9 @@ fn address_in_use_names_the_flag() {
     assert_fails_naming(&output, 2, &format!("--metrics-listen {addr}"));
 }
 
-#[test]
-fn reserved_and_unknown_kafka_options_are_refused_by_name() {
-    let base = [
+/// `serve` on free ports with one `--kafka-option`; the broker is never reached.
+fn serve_with_option(option: &str) -> Vec<&str> {
+    vec![
         "serve",
         "--brokers",
         "127.0.0.1:1",
@@ -103,42 +103,33 @@ fn reserved_and_unknown_kafka_options_are_refused_by_name() {
         "t",
         "--grpc-listen",
         "127.0.0.1:0",
-    ];
-    let admin = ["--metrics-listen", "127.0.0.1:0"];
-    let output = run(
-        &[&base[..], &admin, &["--kafka-option", "enable.auto.commit=true"]].concat(),
-        &[],
-    );
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--kafka-option",
+        option,
+    ]
+}
+
+#[test]
+fn reserved_and_unknown_kafka_options_are_refused_by_name() {
+    let output = run(&serve_with_option("enable.auto.commit=true"), &[]);
     assert_fails_naming(&output, 2, "--kafka-option enable.auto.commit");
-    let output = run(
-        &[&base[..], &admin, &["--kafka-option", "no.such.option=1"]].concat(),
-        &[],
-    );
+    let output = run(&serve_with_option("no.such.option=1"), &[]);
     assert_fails_naming(&output, 2, "--kafka-option no.such.option");
 }
 
 #[test]
 fn secrets_never_reach_the_output() {
     let secret = "hunter2-very-secret";
-    let base = [
-        "serve",
-        "--brokers",
-        "127.0.0.1:1",
-        "--topic",
-        "t",
-        "--grpc-listen",
-        "127.0.0.1:0",
-    ];
-    let admin = ["--metrics-listen", "127.0.0.1:0"];
     // A secret from env (as a Kubernetes secretKeyRef would set it) next to a bad option.
     let from_env = run(
-        &[&base[..], &admin, &["--kafka-option", "security.protocol=bogus"]].concat(),
+        &serve_with_option("security.protocol=bogus"),
         &[("CDC_CACHE_KAFKA_SASL_PASSWORD", secret)],
     );
     assert_fails_naming(&from_env, 2, "--kafka-option security.protocol");
     // A malformed flag that carries a secret.
     let flag = format!("sasl.password{secret}");
-    let malformed = run(&[&base[..], &admin, &["--kafka-option", &flag]].concat(), &[]);
+    let malformed = run(&serve_with_option(&flag), &[]);
     assert_fails_naming(&malformed, 2, "--kafka-option");
     for output in [from_env, malformed] {
         let all = format!(
