@@ -19,11 +19,16 @@ use common::{arg, create_topics, free_port, median, produce_all, sorted, start_t
 
 const TOPIC: &str = "bench.bootstrap";
 const PARTITIONS: i32 = 3;
+/// A Debezium change event (JsonConverter, schemas disabled) of about 400 bytes.
+const EVENT: &str = r#"{"before":null,"after":{"id":1,"first_name":"Grace","last_name":"Hopper","email":"grace.hopper@example.com","status":"active","balance":"AfQ=","updated_at":1795408445414865},"source":{"version":"2.7.3.Final","connector":"postgresql","name":"shop","ts_ms":1795408445414,"snapshot":"false","db":"shop","schema":"public","table":"customers","txId":555,"lsn":24023128},"op":"u","ts_ms":1795408445420}"#;
 
 struct Options {
     records: usize,
     runs: usize,
     value_bytes: usize,
+    /// `debezium`: ~400-byte change events read with `--topic T:debezium` (the issue's workload);
+    /// `raw`: `--value-bytes` of filler stored as they are.
+    debezium: bool,
 }
 
 fn options() -> Options {
@@ -31,6 +36,7 @@ fn options() -> Options {
         records: arg("--records", 1_000_000),
         runs: arg("--runs", 3),
         value_bytes: arg("--value-bytes", 40),
+        debezium: arg("--format", "debezium".to_string()) == "debezium",
     }
 }
 
@@ -47,13 +53,20 @@ fn main() {
     ));
     let started = Instant::now();
     // Distinct keys, so every record is a live entry.
-    let raw_bytes = produce_all(
-        &brokers,
-        TOPIC,
-        o.records,
-        |i| format!("key-{i:08}"),
-        &vec![b'v'; o.value_bytes],
-    );
+    let (raw_bytes, topic_spec) = if o.debezium {
+        let bytes = produce_all(
+            &brokers,
+            TOPIC,
+            o.records,
+            |i| format!(r#"{{"id":{i}}}"#),
+            EVENT.as_bytes(),
+        );
+        (bytes, format!("{TOPIC}:debezium"))
+    } else {
+        let value = vec![b'v'; o.value_bytes];
+        let bytes = produce_all(&brokers, TOPIC, o.records, |i| format!("key-{i:08}"), &value);
+        (bytes, TOPIC.to_string())
+    };
     eprintln!("produced {} records in {:.1?}", o.records, started.elapsed());
 
     let mut bare = Vec::new();
@@ -63,7 +76,7 @@ fn main() {
     for run in 1..=o.runs {
         // Alternate who goes first, so neither always meets a warmer broker.
         let mut measure_sidecar = || {
-            let (t, r) = sidecar_bootstrap(&brokers);
+            let (t, r) = sidecar_bootstrap(&brokers, &topic_spec);
             sidecar.push(t);
             rss.push(r);
         };
@@ -81,10 +94,15 @@ fn main() {
         );
     }
     let (b, s) = (median(&bare), median(&sidecar));
+    let kind = if o.debezium {
+        "Debezium change events, --format debezium"
+    } else {
+        "raw records"
+    };
     println!(
-        "\n## Cold bootstrap: {} records x ~{} B, {PARTITIONS} partitions, Tansu (memory)",
+        "\n## Cold bootstrap: {} {kind} of ~{} B, {PARTITIONS} partitions, Tansu (memory)",
         o.records,
-        o.value_bytes + 10
+        raw_bytes / o.records
     );
     println!("| reader | min | median | max |\n|---|---|---|---|");
     println!(
@@ -106,14 +124,24 @@ fn main() {
     let entries = o.records as f64;
     let rss_median = median(&rss);
     let growth = rss_median.saturating_sub(baseline) as f64;
-    println!(
-        "memory: RSS {:.1} MiB ready vs {:.1} MiB idle; {:.1} B/entry of which {:.1} B raw key+value, {:.1} B overhead",
+    let rss = format!(
+        "memory: RSS {:.1} MiB ready vs {:.1} MiB idle; {:.1} B/entry",
         rss_median as f64 / 1048576.0,
         baseline as f64 / 1048576.0,
-        growth / entries,
-        raw_bytes as f64 / entries,
-        (growth - raw_bytes as f64) / entries
+        growth / entries
     );
+    if o.debezium {
+        println!(
+            "{rss} (rows stored decoded; {:.0} B of key+value received per record)",
+            raw_bytes as f64 / entries
+        );
+    } else {
+        let raw = raw_bytes as f64 / entries;
+        println!(
+            "{rss} of which {raw:.1} B raw key+value, {:.1} B overhead",
+            growth / entries - raw
+        );
+    }
 }
 
 /// The peer: a consumer with the sidecar's settings, reading every partition to its end.
@@ -158,9 +186,9 @@ fn bare_consumer(brokers: &str) -> Duration {
 }
 
 /// Start -> ready, and the resident memory once ready.
-fn sidecar_bootstrap(brokers: &str) -> (Duration, u64) {
+fn sidecar_bootstrap(brokers: &str, topic_spec: &str) -> (Duration, u64) {
     let started = Instant::now();
-    let sidecar = Sidecar::start(brokers, TOPIC, format!("127.0.0.1:{}", free_port()));
+    let sidecar = Sidecar::start(brokers, topic_spec, format!("127.0.0.1:{}", free_port()));
     let took = started.elapsed();
     (took, sidecar.settled_rss())
 }
