@@ -95,12 +95,12 @@ fn main() {
     }
     let (b, s) = (median(&bare), median(&sidecar));
     let kind = if o.debezium {
-        "Debezium change events, --format debezium"
+        "Debezium change events (--format debezium)"
     } else {
         "raw records"
     };
     println!(
-        "\n## Cold bootstrap: {} {kind} of ~{} B, {PARTITIONS} partitions, Tansu (memory)",
+        "\n## Cold bootstrap: {} {kind}, ~{} B each, {PARTITIONS} partitions, Tansu (memory)",
         o.records,
         raw_bytes / o.records
     );
