@@ -34,13 +34,27 @@ struct Options {
     keys: usize,
     seconds: f64,
     runs: usize,
+    /// Sections to run (`--only get,latency`); all when empty.
+    only: Vec<String>,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn options() -> Options {
+    let only: String = arg("--only", String::new());
     Options {
         keys: arg("--keys", 100_000),
         seconds: arg("--seconds", 5.0),
         runs: arg("--runs", 3),
+        only: only
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
     }
 }
 
@@ -79,119 +93,131 @@ fn main() {
         &[(TOPIC, 3, true), ("bench.empty", 1, false)],
     ));
     produce_all(&brokers, TOPIC, o.keys, key, &value);
-    let mut out = String::new();
-    out += &format!(
+    let redis = Redis::start();
+    redis.load(o.keys, &value);
+    let mut out = format!(
         "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
         o.keys, o.seconds, o.runs
     );
-
-    // Memory first, with nothing else running.
-    let idle_rss = Sidecar::start(&brokers, "bench.empty", tcp_addr()).settled_rss();
+    if o.runs("memory") {
+        out += &memory(&o, &brokers, &runtime, &value);
+    }
     let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
     runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
+    let mut peak_64 = None;
+    if o.runs("get") {
+        let (table, peak) = get_throughput(&o, &brokers, &tcp, &redis);
+        out += &table;
+        peak_64 = Some(peak);
+    }
+    if o.runs("latency") {
+        let peak_64 =
+            peak_64.unwrap_or_else(|| get_load(&tcp.target(), 64, o.keys, o.seconds, None).ops_per_sec);
+        let half = get_load(&tcp.target(), 64, o.keys, o.seconds, Some(peak_64 / 2.0));
+        out += &format!(
+            "\n### Get latency at half of peak ({:.0} ops/s offered, 64 callers, TCP)\np50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs (achieved {:.0} ops/s)\n",
+            peak_64 / 2.0,
+            half.p50_us,
+            half.p99_us,
+            half.p999_us,
+            half.ops_per_sec
+        );
+    }
+    if o.runs("multiget") {
+        let mg: Vec<f64> = (0..o.runs)
+            .map(|_| runtime.block_on(multiget_load(&tcp.grpc, 16, o.keys, o.seconds)) * 100.0)
+            .collect();
+        let mget: Vec<f64> = (0..o.runs)
+            .map(|_| redis.benchmark_mget(16, o.keys, o.seconds).ops_per_sec * 100.0)
+            .collect();
+        out += &format!(
+            "\n### MultiGet of 100 keys, 16 callers (keys/s)\n| cdc-cache MultiGet | Redis MGET | ratio |\n|---|---|---|\n| {} | {} | {:.2} |\n",
+            triple(&mg),
+            triple(&mget),
+            median(&mg) / median(&mget)
+        );
+    }
+    if o.runs("freshness") {
+        let (ours, bare) = runtime.block_on(freshness(&brokers, &tcp.grpc, 100));
+        out += &format!(
+            "\n### Freshness: produce -> visible (µs), 100 updates\n| | p50 | p99 |\n|---|---|---|\n| cdc-cache Get | {:.0} | {:.0} |\n| bare consumer receive | {:.0} | {:.0} |\nratio p50: {:.2}, p99: {:.2}\n",
+            ours.0, ours.1, bare.0, bare.1, ours.0 / bare.0, ours.1 / bare.1
+        );
+    }
+    println!("{out}");
+}
+
+/// Memory per entry: the sidecar's RSS growth over an idle one, next to Redis (loaded with the
+/// same keys and values by `main`) against an empty Redis.
+fn memory(o: &Options, brokers: &str, runtime: &tokio::runtime::Runtime, value: &[u8]) -> String {
+    let idle_rss = Sidecar::start(brokers, "bench.empty", tcp_addr()).settled_rss();
+    let tcp = Sidecar::start(brokers, TOPIC, tcp_addr());
+    runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
     let sidecar_rss = tcp.settled_rss();
-    let redis = Redis::start();
-    let redis_empty = redis.memory();
-    redis.load(o.keys, &value);
-    let redis_full = redis.memory();
-    let raw = (o.keys * (key(0).len() + VALUE_BYTES)) as f64;
+    drop(tcp);
+    let empty = Redis::start();
+    let redis_empty = empty.memory();
+    empty.load(o.keys, value);
+    let redis_full = empty.memory();
+    let raw = (o.keys * (key(0).len() + VALUE_BYTES)) as f64 / o.keys as f64;
     let per = |bytes: u64| bytes as f64 / o.keys as f64;
     let ours = per(sidecar_rss.saturating_sub(idle_rss));
     let redis_used = per(redis_full.0.saturating_sub(redis_empty.0));
     let redis_rss = per(redis_full.1.saturating_sub(redis_empty.1));
-    out += "### Memory per entry\n| | bytes/entry | overhead beyond key+value |\n|---|---|---|\n";
-    out += &format!("| raw key+value | {:.0} | 0 |\n", raw / o.keys as f64);
-    out += &format!(
-        "| cdc-cache RSS growth | {ours:.0} | {:.0} |\n",
-        ours - raw / o.keys as f64
-    );
+    let mut out =
+        String::from("### Memory per entry\n| | bytes/entry | overhead beyond key+value |\n|---|---|---|\n");
+    out += &format!("| raw key+value | {raw:.0} | 0 |\n");
+    out += &format!("| cdc-cache RSS growth | {ours:.0} | {:.0} |\n", ours - raw);
     out += &format!(
         "| Redis used_memory growth | {redis_used:.0} | {:.0} |\n",
-        redis_used - raw / o.keys as f64
+        redis_used - raw
     );
-    out += &format!(
-        "| Redis RSS growth | {redis_rss:.0} | {:.0} |\n",
-        redis_rss - raw / o.keys as f64
-    );
+    out += &format!("| Redis RSS growth | {redis_rss:.0} | {:.0} |\n", redis_rss - raw);
     out += &format!(
         "cdc-cache / Redis used_memory: {:.2}; / Redis RSS: {:.2}\n\n",
         ours / redis_used,
         ours / redis_rss
     );
+    out
+}
 
-    // Get throughput, TCP.
-    out += "### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / Redis | generator CPU (cores) |\n|---|---|---|---|---|---|\n";
+/// Get ops/s at 1, 16 and 64 callers over TCP and the unix socket, next to `redis-benchmark`;
+/// returns the table and the 64-caller TCP peak.
+fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (String, f64) {
+    let mut out = String::from("### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / Redis | CPU cores: cdc-cache, its generator | CPU cores: redis-server, redis-benchmark |\n|---|---|---|---|---|---|---|\n");
     let unix_path = std::env::temp_dir().join(format!("cdc-cache-bench-{}.sock", std::process::id()));
-    let mut rows = Vec::new();
+    let unix = Sidecar::start(brokers, TOPIC, format!("unix:{}", unix_path.display()));
     let mut peak_64 = 0.0;
     for callers in [1usize, 16, 64] {
         let ours: Vec<LoadResult> = (0..o.runs)
-            .map(|_| runtime.block_on(get_load(&tcp.grpc, callers, o.keys, o.seconds, None)))
+            .map(|_| get_load(&tcp.target(), callers, o.keys, o.seconds, None))
             .collect();
-        let redis_rps: Vec<f64> = (0..o.runs)
+        let unix_ops: Vec<f64> = (0..o.runs)
+            .map(|_| get_load(&unix.target(), callers, o.keys, o.seconds, None).ops_per_sec)
+            .collect();
+        let theirs: Vec<RedisResult> = (0..o.runs)
             .map(|_| redis.benchmark_get(callers, o.keys, o.seconds))
             .collect();
         let ops: Vec<f64> = ours.iter().map(|r| r.ops_per_sec).collect();
-        let cpu = median(&ours.iter().map(|r| r.generator_cpu).collect::<Vec<_>>());
+        let redis_ops: Vec<f64> = theirs.iter().map(|r| r.ops_per_sec).collect();
+        let med = |f: &dyn Fn(&LoadResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
+        let redis_med = |f: &dyn Fn(&RedisResult) -> f64| median(&theirs.iter().map(f).collect::<Vec<_>>());
         if callers == 64 {
             peak_64 = median(&ops);
         }
-        rows.push((callers, ops, redis_rps, cpu));
-    }
-    drop(tcp);
-    let unix_addr = format!("unix:{}", unix_path.display());
-    let unix = Sidecar::start(&brokers, TOPIC, unix_addr.clone());
-    for (callers, ops, redis_rps, cpu) in rows {
-        let unix_ops: Vec<f64> = (0..o.runs)
-            .map(|_| {
-                runtime
-                    .block_on(get_load(&unix_addr, callers, o.keys, o.seconds, None))
-                    .ops_per_sec
-            })
-            .collect();
         out += &format!(
-            "| {callers} | {} | {} | {} | {:.2} | {cpu:.2} |\n",
+            "| {callers} | {} | {} | {} | {:.2} | {:.2}, {:.2} | {:.2}, {:.2} |\n",
             triple(&ops),
             triple(&unix_ops),
-            triple(&redis_rps),
-            median(&ops) / median(&redis_rps)
+            triple(&redis_ops),
+            median(&ops) / median(&redis_ops),
+            med(&|r| r.server_cpu),
+            med(&|r| r.generator_cpu),
+            redis_med(&|r| r.server_cpu),
+            redis_med(&|r| r.generator_cpu),
         );
     }
-    drop(unix);
-    let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
-
-    // Latency at half of the 64-caller peak.
-    let half = runtime.block_on(get_load(&tcp.grpc, 64, o.keys, o.seconds, Some(peak_64 / 2.0)));
-    out += &format!(
-        "\n### Get latency at half of peak ({:.0} ops/s offered, 64 callers, TCP)\np50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs (achieved {:.0} ops/s)\n",
-        peak_64 / 2.0,
-        half.p50_us,
-        half.p99_us,
-        half.p999_us,
-        half.ops_per_sec
-    );
-
-    // MultiGet 100 keys vs MGET.
-    let mg: Vec<f64> = (0..o.runs)
-        .map(|_| runtime.block_on(multiget_load(&tcp.grpc, 16, o.keys, o.seconds)) * 100.0)
-        .collect();
-    let mget: Vec<f64> = (0..o.runs)
-        .map(|_| redis.benchmark_mget(16, o.keys, o.seconds) * 100.0)
-        .collect();
-    out += &format!(
-        "\n### MultiGet of 100 keys, 16 callers (keys/s)\n| cdc-cache MultiGet | Redis MGET | ratio |\n|---|---|---|\n| {} | {} | {:.2} |\n",
-        triple(&mg),
-        triple(&mget),
-        median(&mg) / median(&mget)
-    );
-
-    // Freshness.
-    let (ours, bare) = runtime.block_on(freshness(&brokers, &tcp.grpc, 100));
-    out += &format!(
-        "\n### Freshness: produce -> visible (µs), 100 updates\n| | p50 | p99 |\n|---|---|---|\n| cdc-cache Get | {:.0} | {:.0} |\n| bare consumer receive | {:.0} | {:.0} |\nratio p50: {:.2}, p99: {:.2}\n",
-        ours.0, ours.1, bare.0, bare.1, ours.0 / bare.0, ours.1 / bare.1
-    );
-    println!("{out}");
+    (out, peak_64)
 }
 
 /// Waits until the sidecar holds every key: a benchmark of a half-loaded cache would measure
@@ -214,9 +240,9 @@ async fn assert_loaded(grpc: &str, keys: usize) {
     }
 }
 
-/// CPU seconds used by this process so far (user + system).
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU seconds used so far (user + system) by process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
@@ -228,7 +254,7 @@ fn own_cpu_seconds() -> f64 {
 }
 
 struct Redis {
-    _child: Killed,
+    child: Killed,
     port: u16,
 }
 
@@ -252,7 +278,7 @@ impl Redis {
             .expect("redis-server (apt-get install redis-server)");
         wait_port(port);
         Redis {
-            _child: Killed(child),
+            child: Killed(child),
             port,
         }
     }
@@ -295,10 +321,13 @@ impl Redis {
         (field("used_memory"), field("used_memory_rss"))
     }
 
-    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> f64 {
+    /// Runs `redis-benchmark` and measures its CPU and the server's while it runs.
+    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> RedisResult {
         // Size the request count to run about `seconds` at ~100k ops/s.
         let requests = ((seconds * 100_000.0) as usize).max(10_000);
-        let output = Command::new("redis-benchmark")
+        let server_before = cpu_seconds(&self.child.0.id().to_string());
+        let started = Instant::now();
+        let mut child = Command::new("redis-benchmark")
             .args([
                 "-p",
                 &self.port.to_string(),
@@ -309,26 +338,49 @@ impl Redis {
             ])
             .args(["-r", &keys.to_string(), "--csv"])
             .args(command)
-            .output()
+            .stdout(Stdio::piped())
+            .spawn()
             .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
+        // Sampled until it exits: the last sample misses at most 20 ms of its CPU time.
+        let pid = child.id().to_string();
+        let mut generator_cpu = 0.0;
+        while child.try_wait().unwrap().is_none() {
+            generator_cpu = cpu_seconds(&pid).max(generator_cpu);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let server_cpu = cpu_seconds(&self.child.0.id().to_string()) - server_before;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
         // "test","rps",...  then one line per test.
         let line = text.lines().nth(1).unwrap_or_default();
-        line.split(',')
-            .nth(1)
-            .and_then(|v| v.trim_matches('"').parse().ok())
-            .unwrap_or(0.0)
+        RedisResult {
+            ops_per_sec: line
+                .split(',')
+                .nth(1)
+                .and_then(|v| v.trim_matches('"').parse().ok())
+                .unwrap_or(0.0),
+            server_cpu: server_cpu / elapsed,
+            generator_cpu: generator_cpu / elapsed,
+        }
     }
 
-    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> f64 {
+    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> RedisResult {
         self.benchmark(callers, keys, seconds, &["-t".into(), "get".into()])
     }
 
-    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> f64 {
+    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> RedisResult {
         let mut command = vec!["MGET".to_string()];
         command.extend((0..100).map(|_| "key:__rand_int__".to_string()));
         self.benchmark(callers, keys, seconds / 20.0, &command)
     }
+}
+
+/// One `redis-benchmark` run: its rate, and the CPU cores used by the server and by itself.
+struct RedisResult {
+    ops_per_sec: f64,
+    server_cpu: f64,
+    generator_cpu: f64,
 }
 
 struct LoadResult {
@@ -337,65 +389,94 @@ struct LoadResult {
     p99_us: f64,
     p999_us: f64,
     generator_cpu: f64,
+    server_cpu: f64,
+}
+
+/// A gRPC address and the process serving it (whose CPU use is reported).
+struct Target {
+    addr: String,
+    pid: u32,
+}
+
+impl Sidecar {
+    fn target(&self) -> Target {
+        Target {
+            addr: self.grpc.clone(),
+            pid: self.child.0.id(),
+        }
+    }
 }
 
 async fn channels(addr: &str, callers: usize) -> Vec<CacheClient<Channel>> {
     // One HTTP/2 connection per 16 callers, as a client pool would.
     let mut clients = Vec::new();
-    for _ in 0..callers.div_ceil(16) {
+    for _ in 0..callers.div_ceil(arg("--callers-per-connection", 16)) {
         let channel = cdc_cache::client::channel(addr).await.unwrap();
         clients.push(CacheClient::new(channel));
     }
     clients
 }
 
-async fn get_load(addr: &str, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
-    let clients = channels(addr, callers).await;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let cpu_before = own_cpu_seconds();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let mut client = clients[c % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new(3).unwrap();
-            let mut interval = rate.map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(callers as f64 / r));
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                i
-            });
-            while Instant::now() < deadline {
-                if let Some(interval) = interval.as_mut() {
-                    interval.tick().await;
+/// Runs `callers` Get loops for `seconds` (at `rate` ops/s in total when given), with latency
+/// recorded per call. The generator runs on one thread with a current-thread runtime: it never
+/// uses more than one core, and its callers share that thread instead of waking each other across
+/// threads, which is what made it the bottleneck before.
+fn get_load(target: &Target, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Callers are local tasks: each keeps its own (non-Send) random number generator.
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        let clients = channels(&target.addr, callers).await;
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let cpu_before = (cpu_seconds("self"), cpu_seconds(&target.pid.to_string()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let mut client = clients[c % clients.len()].clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut histogram = Histogram::<u64>::new(3).unwrap();
+                let mut interval = rate.map(|r| {
+                    let mut i = tokio::time::interval(Duration::from_secs_f64(callers as f64 / r));
+                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    i
+                });
+                let mut rng = rand::rng();
+                while Instant::now() < deadline {
+                    if let Some(interval) = interval.as_mut() {
+                        interval.tick().await;
+                    }
+                    let k = key(rng.random_range(0..keys));
+                    let t = Instant::now();
+                    let response = client
+                        .get(GetRequest {
+                            table: String::new(),
+                            key: k.into_bytes().into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    histogram.record(t.elapsed().as_nanos() as u64).unwrap();
+                    assert!(response.found);
                 }
-                let k = key(rand::rng().random_range(0..keys));
-                let t = Instant::now();
-                let response = client
-                    .get(GetRequest {
-                        table: String::new(),
-                        key: k.into_bytes().into(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                histogram.record(t.elapsed().as_nanos() as u64).unwrap();
-                assert!(response.found);
-            }
-            histogram
-        }));
-    }
-    let mut all = Histogram::<u64>::new(3).unwrap();
-    for task in tasks {
-        all.add(task.await.unwrap()).unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    LoadResult {
-        ops_per_sec: all.len() as f64 / elapsed,
-        p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
-        generator_cpu: (own_cpu_seconds() - cpu_before) / elapsed,
-    }
+                histogram
+            }));
+        }
+        let mut all = Histogram::<u64>::new(3).unwrap();
+        for task in tasks {
+            all.add(task.await.unwrap()).unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        LoadResult {
+            ops_per_sec: all.len() as f64 / elapsed,
+            p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
+            p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
+            generator_cpu: (cpu_seconds("self") - cpu_before.0) / elapsed,
+            server_cpu: (cpu_seconds(&target.pid.to_string()) - cpu_before.1) / elapsed,
+        }
+    })
 }
 
 /// Calls per second.
@@ -464,7 +545,9 @@ async fn freshness(brokers: &str, grpc: &str, updates: usize) -> ((f64, f64), (f
         while latencies.len() < updates && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-                if let Some(t) = sent_for_consumer.lock().unwrap().get(&format!(
+                // Removed on first receipt: Tansu redelivers batches, and a redelivered record
+                // is not a fresh one.
+                if let Some(t) = sent_for_consumer.lock().unwrap().remove(&format!(
                     "{k}={}",
                     String::from_utf8_lossy(m.payload().unwrap_or_default())
                 )) {
