@@ -1,7 +1,9 @@
 //! The app-facing gRPC server: the `cdc_cache.v1.Cache` service, the standard health service and
 //! server reflection, on a loopback TCP port or a unix socket.
 
+pub mod codec;
 mod errors;
+mod runtime;
 mod service;
 
 use std::future::Future;
@@ -13,10 +15,19 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 pub use errors::RequestError;
+pub use runtime::ServingRuntime;
 pub use service::CacheService;
 
 use crate::listeners::GrpcListener;
 use crate::proto::cache_server::CacheServer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot move the listener to the serving thread: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
 
 /// The health service names that track readiness: the whole server and the cache service.
 pub const HEALTH_SERVICES: [&str; 2] = ["", "cdc_cache.v1.Cache"];
@@ -27,13 +38,14 @@ pub fn health_service(reporter: &HealthReporter) -> HealthServer<HealthService> 
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight calls finish.
+/// Runs on the [`ServingRuntime`]; the listener, bound on the main runtime, moves over to it.
 pub async fn serve(
     listener: GrpcListener,
     cache: CacheService,
     health: &HealthReporter,
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -49,14 +61,16 @@ pub async fn serve(
     let router = server.add_routes(routes);
     match listener {
         GrpcListener::Tcp(listener) => {
+            let listener = tokio::net::TcpListener::from_std(listener.into_std()?)?;
             // Small request/response pairs: send each at once instead of waiting to coalesce.
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
+            Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
         }
         GrpcListener::Unix(listener, _socket_file) => {
-            router
+            let listener = tokio::net::UnixListener::from_std(listener.into_std()?)?;
+            Ok(router
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await
+                .await?)
         }
     }
 }
