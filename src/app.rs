@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::grpc::{CacheService, HEALTH_SERVICES};
+use crate::grpc::{CacheService, ServingRuntime, HEALTH_SERVICES};
 use crate::ingest::{self, IngestError};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
@@ -29,7 +29,9 @@ pub enum AppError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error("grpc server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    Grpc(#[from] crate::grpc::ServeError),
+    #[error("cannot start the gRPC serving thread: {0}")]
+    GrpcThread(std::io::Error),
 }
 
 /// Runs the sidecar on already-bound listeners until `shutdown` is cancelled or ingest fails.
@@ -38,6 +40,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let metrics = Metrics::new();
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
+
+    let grpc_runtime = ServingRuntime::start().map_err(AppError::GrpcThread)?;
 
     let ingest_stop = CancellationToken::new();
     let ingest_failed = CancellationToken::new();
@@ -57,7 +61,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         async move { crate::admin::serve(listeners.admin, store, metrics, &health, stop).await }
     });
     let grpc_stop = CancellationToken::new();
-    let mut grpc = tokio::spawn({
+    let mut grpc = grpc_runtime.spawn({
         let cache = CacheService::new(store.clone(), metrics.clone(), config.max_multiget_keys);
         let health = health.clone();
         let stop = grpc_stop.clone().cancelled_owned();
