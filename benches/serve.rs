@@ -111,17 +111,27 @@ fn main() {
         peak_64 = Some(peak);
     }
     if o.runs("latency") {
-        let peak_64 =
-            peak_64.unwrap_or_else(|| get_load(&tcp.target(), 64, o.keys, o.seconds, None).ops_per_sec);
-        let half = get_load(&tcp.target(), 64, o.keys, o.seconds, Some(peak_64 / 2.0));
+        // `--rate R` offers R ops/s instead of half of a measured peak.
+        let peak_64 = peak_64
+            .or(Some(arg("--rate", 0.0) * 2.0).filter(|r| *r > 0.0))
+            .unwrap_or_else(|| get_load(&tcp.target(), 64, o.keys, o.seconds, None).ops_per_sec);
+        let rate = Some(peak_64 / 2.0);
+        let ours = get_load(&tcp.target(), 64, o.keys, o.seconds, rate);
+        let theirs = redis_get_load(&redis, 64, o.keys, o.seconds, rate);
         out += &format!(
-            "\n### Get latency at half of peak ({:.0} ops/s offered, 64 callers, TCP)\np50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs (achieved {:.0} ops/s)\n",
-            peak_64 / 2.0,
-            half.p50_us,
-            half.p99_us,
-            half.p999_us,
-            half.ops_per_sec
+            "\n### Get latency at half of peak ({:.0} ops/s offered by 64 callers, this program's generator for both)\n| | p50 µs | p99 µs | p99.9 µs | achieved ops/s | server CPU µs per call |\n|---|---|---|---|---|---|\n",
+            peak_64 / 2.0
         );
+        for (name, r) in [("cdc-cache (TCP)", ours), ("Redis GET", theirs)] {
+            out += &format!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.ops_per_sec,
+                r.server_cpu / r.ops_per_sec * 1e6
+            );
+        }
     }
     if o.runs("multiget") {
         let mg: Vec<f64> = (0..o.runs)
@@ -184,7 +194,7 @@ fn memory(o: &Options, brokers: &str, runtime: &tokio::runtime::Runtime, value: 
 /// Get ops/s at 1, 16 and 64 callers over TCP and the unix socket, next to `redis-benchmark`;
 /// returns the table and the 64-caller TCP peak.
 fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (String, f64) {
-    let mut out = String::from("### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / Redis | CPU cores: cdc-cache, its generator | CPU cores: redis-server, redis-benchmark |\n|---|---|---|---|---|---|---|\n");
+    let mut out = String::from("### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / redis-benchmark | Redis GET, this generator | ratio TCP / Redis, same generator | cdc-cache TCP, h2load | ratio h2load / redis-benchmark | CPU cores: cdc-cache, its generator | CPU cores: redis-server, redis-benchmark |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     let unix_path = std::env::temp_dir().join(format!("cdc-cache-bench-{}.sock", std::process::id()));
     let unix = Sidecar::start(brokers, TOPIC, format!("unix:{}", unix_path.display()));
     let mut peak_64 = 0.0;
@@ -198,6 +208,12 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
         let theirs: Vec<RedisResult> = (0..o.runs)
             .map(|_| redis.benchmark_get(callers, o.keys, o.seconds))
             .collect();
+        let same_generator: Vec<f64> = (0..o.runs)
+            .map(|_| redis_get_load(redis, callers, o.keys, o.seconds, None).ops_per_sec)
+            .collect();
+        let h2load: Vec<f64> = (0..o.runs)
+            .filter_map(|_| h2load_get(&tcp.target(), callers, o.seconds))
+            .collect();
         let ops: Vec<f64> = ours.iter().map(|r| r.ops_per_sec).collect();
         let redis_ops: Vec<f64> = theirs.iter().map(|r| r.ops_per_sec).collect();
         let med = |f: &dyn Fn(&LoadResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
@@ -205,12 +221,17 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
         if callers == 64 {
             peak_64 = median(&ops);
         }
-        out += &format!(
-            "| {callers} | {} | {} | {} | {:.2} | {:.2}, {:.2} | {:.2}, {:.2} |\n",
+        out +=
+            &format!(
+            "| {callers} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2}, {:.2} | {:.2}, {:.2} |\n",
             triple(&ops),
             triple(&unix_ops),
             triple(&redis_ops),
             median(&ops) / median(&redis_ops),
+            triple(&same_generator),
+            median(&ops) / median(&same_generator),
+            if h2load.is_empty() { "(h2load not installed)".to_string() } else { triple(&h2load) },
+            if h2load.is_empty() { f64::NAN } else { median(&h2load) / median(&redis_ops) },
             med(&|r| r.server_cpu),
             med(&|r| r.generator_cpu),
             redis_med(&|r| r.server_cpu),
@@ -325,9 +346,8 @@ impl Redis {
     fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> RedisResult {
         // Size the request count to run about `seconds` at ~100k ops/s.
         let requests = ((seconds * 100_000.0) as usize).max(10_000);
-        let server_before = cpu_seconds(&self.child.0.id().to_string());
-        let started = Instant::now();
-        let mut child = Command::new("redis-benchmark")
+        let mut command_line = Command::new("redis-benchmark");
+        command_line
             .args([
                 "-p",
                 &self.port.to_string(),
@@ -337,31 +357,18 @@ impl Redis {
                 &requests.to_string(),
             ])
             .args(["-r", &keys.to_string(), "--csv"])
-            .args(command)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Sampled until it exits: the last sample misses at most 20 ms of its CPU time.
-        let pid = child.id().to_string();
-        let mut generator_cpu = 0.0;
-        while child.try_wait().unwrap().is_none() {
-            generator_cpu = cpu_seconds(&pid).max(generator_cpu);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let server_cpu = cpu_seconds(&self.child.0.id().to_string()) - server_before;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+            .args(command);
+        let run = run_generator(command_line, self.child.0.id());
         // "test","rps",...  then one line per test.
-        let line = text.lines().nth(1).unwrap_or_default();
+        let line = run.stdout.lines().nth(1).unwrap_or_default();
         RedisResult {
             ops_per_sec: line
                 .split(',')
                 .nth(1)
                 .and_then(|v| v.trim_matches('"').parse().ok())
                 .unwrap_or(0.0),
-            server_cpu: server_cpu / elapsed,
-            generator_cpu: generator_cpu / elapsed,
+            server_cpu: run.server_cpu,
+            generator_cpu: run.generator_cpu,
         }
     }
 
@@ -374,6 +381,72 @@ impl Redis {
         command.extend((0..100).map(|_| "key:__rand_int__".to_string()));
         self.benchmark(callers, keys, seconds / 20.0, &command)
     }
+}
+
+/// An external load generator's run: its output and the CPU cores it and the server used.
+struct GeneratorRun {
+    stdout: String,
+    server_cpu: f64,
+    generator_cpu: f64,
+}
+
+/// Runs `command` to completion, sampling its CPU time and the server's (`server_pid`).
+fn run_generator(mut command: Command, server_pid: u32) -> GeneratorRun {
+    let server_before = cpu_seconds(&server_pid.to_string());
+    let started = Instant::now();
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    // Sampled until it exits: the last sample misses at most 20 ms of its CPU time.
+    let pid = child.id().to_string();
+    let mut generator_cpu: f64 = 0.0;
+    while child.try_wait().unwrap().is_none() {
+        generator_cpu = cpu_seconds(&pid).max(generator_cpu);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = cpu_seconds(&server_pid.to_string()) - server_before;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    GeneratorRun {
+        stdout,
+        server_cpu: server_cpu / elapsed,
+        generator_cpu: generator_cpu / elapsed,
+    }
+}
+
+/// `h2load` (nghttp2's HTTP/2 load generator, C, the counterpart of `redis-benchmark`) sending
+/// Get calls to the sidecar, one HTTP/2 connection per 16 callers. It repeats one request body, so
+/// every call looks up the same key; the lookup is about 2% of the server's CPU in profiles.
+/// Returns ops/s, or None when h2load is not installed.
+fn h2load_get(target: &Target, callers: usize, seconds: f64) -> Option<f64> {
+    use prost::Message;
+    let message = GetRequest {
+        table: String::new(),
+        key: key(0).into_bytes().into(),
+    }
+    .encode_to_vec();
+    // gRPC framing: uncompressed flag, big-endian length, message.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body).unwrap();
+    let requests = ((seconds * 100_000.0) as usize).max(10_000);
+    let mut command = Command::new("h2load");
+    command
+        .args(["-n", &requests.to_string()])
+        .args(["-c", &callers.div_ceil(16).to_string()])
+        .args(["-m", &callers.min(16).to_string()])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(file.path())
+        .arg(format!("http://{}/cdc_cache.v1.Cache/Get", target.addr));
+    if Command::new("h2load").arg("--version").output().is_err() {
+        return None;
+    }
+    let run = run_generator(command, target.pid);
+    // "finished in 2.06s, 97274.47 req/s, 19.39MB/s"
+    let line = run.stdout.lines().find(|l| l.starts_with("finished in"))?;
+    line.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok()
 }
 
 /// One `redis-benchmark` run: its rate, and the CPU cores used by the server and by itself.
@@ -417,28 +490,110 @@ async fn channels(addr: &str, callers: usize) -> Vec<CacheClient<Channel>> {
     clients
 }
 
-/// Runs `callers` Get loops for `seconds` (at `rate` ops/s in total when given), with latency
-/// recorded per call. The generator runs on one thread with a current-thread runtime: it never
-/// uses more than one core, and its callers share that thread instead of waking each other across
-/// threads, which is what made it the bottleneck before.
+/// One caller's connection: a Get of `key` that returns whether the key was found.
+trait Caller: 'static {
+    async fn get(&mut self, key: String) -> bool;
+}
+
+impl Caller for CacheClient<Channel> {
+    async fn get(&mut self, key: String) -> bool {
+        let request = GetRequest {
+            table: String::new(),
+            key: key.into_bytes().into(),
+        };
+        CacheClient::get(self, request).await.unwrap().into_inner().found
+    }
+}
+
+/// Redis GET over RESP on a connection of its own, as `redis-benchmark` opens one per client.
+struct RedisCaller {
+    stream: tokio::net::TcpStream,
+    reply: Vec<u8>,
+}
+
+impl Caller for RedisCaller {
+    async fn get(&mut self, key: String) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        self.stream.write_all(command.as_bytes()).await.unwrap();
+        // Every value is VALUE_BYTES long: "$200\r\n" + value + "\r\n".
+        self.reply
+            .resize(format!("${VALUE_BYTES}\r\n").len() + VALUE_BYTES + 2, 0);
+        self.stream.read_exact(&mut self.reply).await.unwrap();
+        self.reply.starts_with(b"$")
+    }
+}
+
+/// Runs `callers` Get loops against the cdc-cache at `target` for `seconds`.
 fn get_load(target: &Target, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
+    let addr = target.addr.clone();
+    run_load(target.pid, callers, keys, seconds, rate, move || async move {
+        let clients = channels(&addr, callers).await;
+        (0..callers).map(|c| clients[c % clients.len()].clone()).collect()
+    })
+}
+
+/// The same loops against Redis GET, from the same generator.
+fn redis_get_load(redis: &Redis, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
+    let port = redis.port;
+    run_load(
+        redis.child.0.id(),
+        callers,
+        keys,
+        seconds,
+        rate,
+        move || async move {
+            let mut connections = Vec::new();
+            for _ in 0..callers {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                connections.push(RedisCaller {
+                    stream,
+                    reply: Vec::new(),
+                });
+            }
+            connections
+        },
+    )
+}
+
+/// Runs one Get loop per caller for `seconds` (at `rate` ops/s in total when given), with
+/// latency recorded per call, and the CPU of the generator and of the server `pid`. The generator
+/// runs on one thread with a current-thread runtime: it never uses more than one core, and its
+/// callers share that thread instead of waking each other across threads.
+fn run_load<C, F, Fut>(
+    pid: u32,
+    callers: usize,
+    keys: usize,
+    seconds: f64,
+    rate: Option<f64>,
+    connect: F,
+) -> LoadResult
+where
+    C: Caller,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<C>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     // Callers are local tasks: each keeps its own (non-Send) random number generator.
     tokio::task::LocalSet::new().block_on(&runtime, async {
-        let clients = channels(&target.addr, callers).await;
+        let connections = connect().await;
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let cpu_before = (cpu_seconds("self"), cpu_seconds(&target.pid.to_string()));
+        let cpu_before = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for c in 0..callers {
-            let mut client = clients[c % clients.len()].clone();
+        for (c, mut connection) in connections.into_iter().enumerate() {
             tasks.push(tokio::task::spawn_local(async move {
                 let mut histogram = Histogram::<u64>::new(3).unwrap();
+                // Callers' schedules are spread over one period: started in step, 64 callers
+                // would arrive as one burst per period and measure their own queueing.
                 let mut interval = rate.map(|r| {
-                    let mut i = tokio::time::interval(Duration::from_secs_f64(callers as f64 / r));
+                    let period = Duration::from_secs_f64(callers as f64 / r);
+                    let phase = period.mul_f64(c as f64 / callers as f64);
+                    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
                     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     i
                 });
@@ -449,16 +604,9 @@ fn get_load(target: &Target, callers: usize, keys: usize, seconds: f64, rate: Op
                     }
                     let k = key(rng.random_range(0..keys));
                     let t = Instant::now();
-                    let response = client
-                        .get(GetRequest {
-                            table: String::new(),
-                            key: k.into_bytes().into(),
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
+                    let found = connection.get(k).await;
                     histogram.record(t.elapsed().as_nanos() as u64).unwrap();
-                    assert!(response.found);
+                    assert!(found);
                 }
                 histogram
             }));
@@ -474,7 +622,7 @@ fn get_load(target: &Target, callers: usize, keys: usize, seconds: f64, rate: Op
             p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
             p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
             generator_cpu: (cpu_seconds("self") - cpu_before.0) / elapsed,
-            server_cpu: (cpu_seconds(&target.pid.to_string()) - cpu_before.1) / elapsed,
+            server_cpu: (cpu_seconds(&pid.to_string()) - cpu_before.1) / elapsed,
         }
     })
 }
