@@ -19,8 +19,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `bytes::Bytes` lets keys and values move between request, map and response without copies.
         .bytes(".cdc_cache.v1")
-        // Per-call buffers sized for small lookups; see src/grpc/codec.rs.
-        .codec_path("crate::grpc::codec::CacheCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

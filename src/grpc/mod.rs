@@ -1,7 +1,6 @@
 //! The app-facing gRPC server: the `cdc_cache.v1.Cache` service, the standard health service and
 //! server reflection, on a loopback TCP port or a unix socket.
 
-pub mod codec;
 mod errors;
 mod runtime;
 mod service;
