@@ -36,6 +36,10 @@ struct Options {
     runs: usize,
     /// Sections to run (`--only get,latency`); all when empty.
     only: Vec<String>,
+    /// `--rate R`: the latency section offers R ops/s instead of half of a measured peak.
+    rate: Option<f64>,
+    /// gRPC callers sharing one HTTP/2 connection, as a client pool would.
+    callers_per_connection: usize,
 }
 
 impl Options {
@@ -50,6 +54,8 @@ fn options() -> Options {
         keys: arg("--keys", 100_000),
         seconds: arg("--seconds", 5.0),
         runs: arg("--runs", 3),
+        rate: Some(arg("--rate", 0.0)).filter(|r| *r > 0.0),
+        callers_per_connection: arg("--callers-per-connection", 16),
         only: only
             .split(',')
             .filter(|s| !s.is_empty())
@@ -94,16 +100,18 @@ fn main() {
     ));
     produce_all(&brokers, TOPIC, o.keys, key, &value);
     let redis = Redis::start();
+    let redis_empty = redis.memory();
     redis.load(o.keys, &value);
+    let redis_full = redis.memory();
     let mut out = format!(
         "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
         o.keys, o.seconds, o.runs
     );
-    if o.runs("memory") {
-        out += &memory(&o, &brokers, &runtime, &value);
-    }
     let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
     runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
+    if o.runs("memory") {
+        out += &memory(&o, &brokers, &tcp, redis_empty, redis_full);
+    }
     let mut peak_64 = None;
     if o.runs("get") {
         let (table, peak) = get_throughput(&o, &brokers, &tcp, &redis);
@@ -111,13 +119,12 @@ fn main() {
         peak_64 = Some(peak);
     }
     if o.runs("latency") {
-        // `--rate R` offers R ops/s instead of half of a measured peak.
         let peak_64 = peak_64
-            .or(Some(arg("--rate", 0.0) * 2.0).filter(|r| *r > 0.0))
-            .unwrap_or_else(|| get_load(&tcp.target(), 64, o.keys, o.seconds, None).ops_per_sec);
+            .or(o.rate.map(|r| r * 2.0))
+            .unwrap_or_else(|| get_load(&o, &tcp, 64, None).ops_per_sec);
         let rate = Some(peak_64 / 2.0);
-        let ours = get_load(&tcp.target(), 64, o.keys, o.seconds, rate);
-        let theirs = redis_get_load(&redis, 64, o.keys, o.seconds, rate);
+        let ours = get_load(&o, &tcp, 64, rate);
+        let theirs = redis_get_load(&o, &redis, 64, rate);
         out += &format!(
             "\n### Get latency at half of peak ({:.0} ops/s offered by 64 callers, this program's generator for both)\n| | p50 µs | p99 µs | p99.9 µs | achieved ops/s | server CPU µs per call |\n|---|---|---|---|---|---|\n",
             peak_64 / 2.0
@@ -135,7 +142,7 @@ fn main() {
     }
     if o.runs("multiget") {
         let mg: Vec<f64> = (0..o.runs)
-            .map(|_| runtime.block_on(multiget_load(&tcp.grpc, 16, o.keys, o.seconds)) * 100.0)
+            .map(|_| runtime.block_on(multiget_load(&o, &tcp.grpc, 16)) * 100.0)
             .collect();
         let mget: Vec<f64> = (0..o.runs)
             .map(|_| redis.benchmark_mget(16, o.keys, o.seconds).ops_per_sec * 100.0)
@@ -157,19 +164,18 @@ fn main() {
     println!("{out}");
 }
 
-/// Memory per entry: the sidecar's RSS growth over an idle one, next to Redis (loaded with the
-/// same keys and values by `main`) against an empty Redis.
-fn memory(o: &Options, brokers: &str, runtime: &tokio::runtime::Runtime, value: &[u8]) -> String {
+/// Memory per entry: the loaded sidecar's RSS growth over an idle one, next to Redis's growth
+/// from empty to holding the same keys and values (`(used_memory, used_memory_rss)` pairs).
+fn memory(
+    o: &Options,
+    brokers: &str,
+    loaded: &Sidecar,
+    redis_empty: (u64, u64),
+    redis_full: (u64, u64),
+) -> String {
     let idle_rss = Sidecar::start(brokers, "bench.empty", tcp_addr()).settled_rss();
-    let tcp = Sidecar::start(brokers, TOPIC, tcp_addr());
-    runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
-    let sidecar_rss = tcp.settled_rss();
-    drop(tcp);
-    let empty = Redis::start();
-    let redis_empty = empty.memory();
-    empty.load(o.keys, value);
-    let redis_full = empty.memory();
-    let raw = (o.keys * (key(0).len() + VALUE_BYTES)) as f64 / o.keys as f64;
+    let sidecar_rss = loaded.settled_rss();
+    let raw = (key(0).len() + VALUE_BYTES) as f64;
     let per = |bytes: u64| bytes as f64 / o.keys as f64;
     let ours = per(sidecar_rss.saturating_sub(idle_rss));
     let redis_used = per(redis_full.0.saturating_sub(redis_empty.0));
@@ -197,27 +203,27 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
     let mut out = String::from("### Get throughput (ops/s)\n| callers | cdc-cache TCP | cdc-cache unix socket | redis-benchmark GET | ratio TCP / redis-benchmark | Redis GET, this generator | ratio TCP / Redis, same generator | cdc-cache TCP, h2load | ratio h2load / redis-benchmark | CPU cores: cdc-cache, its generator | CPU cores: redis-server, redis-benchmark |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     let unix_path = std::env::temp_dir().join(format!("cdc-cache-bench-{}.sock", std::process::id()));
     let unix = Sidecar::start(brokers, TOPIC, format!("unix:{}", unix_path.display()));
+    let h2load = H2load::find();
     let mut peak_64 = 0.0;
     for callers in [1usize, 16, 64] {
-        let ours: Vec<LoadResult> = (0..o.runs)
-            .map(|_| get_load(&tcp.target(), callers, o.keys, o.seconds, None))
-            .collect();
+        let ours: Vec<LoadResult> = (0..o.runs).map(|_| get_load(o, tcp, callers, None)).collect();
         let unix_ops: Vec<f64> = (0..o.runs)
-            .map(|_| get_load(&unix.target(), callers, o.keys, o.seconds, None).ops_per_sec)
+            .map(|_| get_load(o, &unix, callers, None).ops_per_sec)
             .collect();
-        let theirs: Vec<RedisResult> = (0..o.runs)
+        let theirs: Vec<ExternalRun> = (0..o.runs)
             .map(|_| redis.benchmark_get(callers, o.keys, o.seconds))
             .collect();
         let same_generator: Vec<f64> = (0..o.runs)
-            .map(|_| redis_get_load(redis, callers, o.keys, o.seconds, None).ops_per_sec)
+            .map(|_| redis_get_load(o, redis, callers, None).ops_per_sec)
             .collect();
-        let h2load: Vec<f64> = (0..o.runs)
-            .filter_map(|_| h2load_get(&tcp.target(), callers, o.seconds))
+        let h2load_ops: Vec<f64> = h2load
+            .iter()
+            .flat_map(|h2load| (0..o.runs).map(|_| h2load.get(tcp, callers, o.seconds).ops_per_sec))
             .collect();
         let ops: Vec<f64> = ours.iter().map(|r| r.ops_per_sec).collect();
         let redis_ops: Vec<f64> = theirs.iter().map(|r| r.ops_per_sec).collect();
         let med = |f: &dyn Fn(&LoadResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
-        let redis_med = |f: &dyn Fn(&RedisResult) -> f64| median(&theirs.iter().map(f).collect::<Vec<_>>());
+        let redis_med = |f: &dyn Fn(&ExternalRun) -> f64| median(&theirs.iter().map(f).collect::<Vec<_>>());
         if callers == 64 {
             peak_64 = median(&ops);
         }
@@ -230,8 +236,8 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
             median(&ops) / median(&redis_ops),
             triple(&same_generator),
             median(&ops) / median(&same_generator),
-            if h2load.is_empty() { "(h2load not installed)".to_string() } else { triple(&h2load) },
-            if h2load.is_empty() { f64::NAN } else { median(&h2load) / median(&redis_ops) },
+            if h2load_ops.is_empty() { "(h2load not installed)".to_string() } else { triple(&h2load_ops) },
+            if h2load_ops.is_empty() { f64::NAN } else { median(&h2load_ops) / median(&redis_ops) },
             med(&|r| r.server_cpu),
             med(&|r| r.generator_cpu),
             redis_med(&|r| r.server_cpu),
@@ -328,6 +334,9 @@ impl Redis {
 
     /// (used_memory, used_memory_rss)
     fn memory(&self) -> (u64, u64) {
+        // Redis refreshes used_memory_rss from its periodic cron, not on every write: read right
+        // after a load it can still show the empty server's figure.
+        std::thread::sleep(Duration::from_millis(1500));
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "info", "memory"])
             .output()
@@ -343,7 +352,7 @@ impl Redis {
     }
 
     /// Runs `redis-benchmark` and measures its CPU and the server's while it runs.
-    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> RedisResult {
+    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> ExternalRun {
         // Size the request count to run about `seconds` at ~100k ops/s.
         let requests = ((seconds * 100_000.0) as usize).max(10_000);
         let mut command_line = Command::new("redis-benchmark");
@@ -358,40 +367,41 @@ impl Redis {
             ])
             .args(["-r", &keys.to_string(), "--csv"])
             .args(command);
-        let run = run_generator(command_line, self.child.0.id());
-        // "test","rps",...  then one line per test.
-        let line = run.stdout.lines().nth(1).unwrap_or_default();
-        RedisResult {
-            ops_per_sec: line
+        run_generator(command_line, self.child.0.id(), |stdout| {
+            // "test","rps",...  then one line per test.
+            stdout
+                .lines()
+                .nth(1)?
                 .split(',')
-                .nth(1)
-                .and_then(|v| v.trim_matches('"').parse().ok())
-                .unwrap_or(0.0),
-            server_cpu: run.server_cpu,
-            generator_cpu: run.generator_cpu,
-        }
+                .nth(1)?
+                .trim_matches('"')
+                .parse()
+                .ok()
+        })
     }
 
-    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> RedisResult {
+    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> ExternalRun {
         self.benchmark(callers, keys, seconds, &["-t".into(), "get".into()])
     }
 
-    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> RedisResult {
+    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> ExternalRun {
         let mut command = vec!["MGET".to_string()];
         command.extend((0..100).map(|_| "key:__rand_int__".to_string()));
         self.benchmark(callers, keys, seconds / 20.0, &command)
     }
 }
 
-/// An external load generator's run: its output and the CPU cores it and the server used.
-struct GeneratorRun {
-    stdout: String,
+/// An external load generator's run (redis-benchmark, h2load): the rate it reported and the CPU
+/// cores it and the server used.
+struct ExternalRun {
+    ops_per_sec: f64,
     server_cpu: f64,
     generator_cpu: f64,
 }
 
-/// Runs `command` to completion, sampling its CPU time and the server's (`server_pid`).
-fn run_generator(mut command: Command, server_pid: u32) -> GeneratorRun {
+/// Runs `command` to completion, sampling its CPU time and the server's (`server_pid`); the rate
+/// is read from its output by `parse_rate` (0 when absent).
+fn run_generator(mut command: Command, server_pid: u32, parse_rate: fn(&str) -> Option<f64>) -> ExternalRun {
     let server_before = cpu_seconds(&server_pid.to_string());
     let started = Instant::now();
     let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
@@ -406,8 +416,8 @@ fn run_generator(mut command: Command, server_pid: u32) -> GeneratorRun {
     let server_cpu = cpu_seconds(&server_pid.to_string()) - server_before;
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    GeneratorRun {
-        stdout,
+    ExternalRun {
+        ops_per_sec: parse_rate(&stdout).unwrap_or(0.0),
         server_cpu: server_cpu / elapsed,
         generator_cpu: generator_cpu / elapsed,
     }
@@ -416,44 +426,47 @@ fn run_generator(mut command: Command, server_pid: u32) -> GeneratorRun {
 /// `h2load` (nghttp2's HTTP/2 load generator, C, the counterpart of `redis-benchmark`) sending
 /// Get calls to the sidecar, one HTTP/2 connection per 16 callers. It repeats one request body, so
 /// every call looks up the same key; the lookup is about 2% of the server's CPU in profiles.
-/// Returns ops/s, or None when h2load is not installed.
-fn h2load_get(target: &Target, callers: usize, seconds: f64) -> Option<f64> {
-    use prost::Message;
-    let message = GetRequest {
-        table: String::new(),
-        key: key(0).into_bytes().into(),
-    }
-    .encode_to_vec();
-    // gRPC framing: uncompressed flag, big-endian length, message.
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), body).unwrap();
-    let requests = ((seconds * 100_000.0) as usize).max(10_000);
-    let mut command = Command::new("h2load");
-    command
-        .args(["-n", &requests.to_string()])
-        .args(["-c", &callers.div_ceil(16).to_string()])
-        .args(["-m", &callers.min(16).to_string()])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg("-d")
-        .arg(file.path())
-        .arg(format!("http://{}/cdc_cache.v1.Cache/Get", target.addr));
-    if Command::new("h2load").arg("--version").output().is_err() {
-        return None;
-    }
-    let run = run_generator(command, target.pid);
-    // "finished in 2.06s, 97274.47 req/s, 19.39MB/s"
-    let line = run.stdout.lines().find(|l| l.starts_with("finished in"))?;
-    line.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok()
+struct H2load {
+    /// The gRPC-framed GetRequest every call sends.
+    body: tempfile::NamedTempFile,
 }
 
-/// One `redis-benchmark` run: its rate, and the CPU cores used by the server and by itself.
-struct RedisResult {
-    ops_per_sec: f64,
-    server_cpu: f64,
-    generator_cpu: f64,
+impl H2load {
+    /// None when h2load is not installed.
+    fn find() -> Option<H2load> {
+        use prost::Message;
+        Command::new("h2load").arg("--version").output().ok()?;
+        let message = GetRequest {
+            table: String::new(),
+            key: key(0).into_bytes().into(),
+        }
+        .encode_to_vec();
+        // gRPC framing: uncompressed flag, big-endian length, message.
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        Some(H2load { body: file })
+    }
+
+    fn get(&self, sidecar: &Sidecar, callers: usize, seconds: f64) -> ExternalRun {
+        let requests = ((seconds * 100_000.0) as usize).max(10_000);
+        let mut command = Command::new("h2load");
+        command
+            .args(["-n", &requests.to_string()])
+            .args(["-c", &callers.div_ceil(16).to_string()])
+            .args(["-m", &callers.min(16).to_string()])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("-d")
+            .arg(self.body.path())
+            .arg(format!("http://{}/cdc_cache.v1.Cache/Get", sidecar.grpc));
+        run_generator(command, sidecar.child.0.id(), |stdout| {
+            // "finished in 2.06s, 97274.47 req/s, 19.39MB/s"
+            let line = stdout.lines().find(|l| l.starts_with("finished in"))?;
+            line.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok()
+        })
+    }
 }
 
 struct LoadResult {
@@ -465,25 +478,10 @@ struct LoadResult {
     server_cpu: f64,
 }
 
-/// A gRPC address and the process serving it (whose CPU use is reported).
-struct Target {
-    addr: String,
-    pid: u32,
-}
-
-impl Sidecar {
-    fn target(&self) -> Target {
-        Target {
-            addr: self.grpc.clone(),
-            pid: self.child.0.id(),
-        }
-    }
-}
-
-async fn channels(addr: &str, callers: usize) -> Vec<CacheClient<Channel>> {
-    // One HTTP/2 connection per 16 callers, as a client pool would.
+/// One HTTP/2 connection per `per_connection` callers, as a client pool would.
+async fn channels(addr: &str, callers: usize, per_connection: usize) -> Vec<CacheClient<Channel>> {
     let mut clients = Vec::new();
-    for _ in 0..callers.div_ceil(arg("--callers-per-connection", 16)) {
+    for _ in 0..callers.div_ceil(per_connection) {
         let channel = cdc_cache::client::channel(addr).await.unwrap();
         clients.push(CacheClient::new(channel));
     }
@@ -524,51 +522,37 @@ impl Caller for RedisCaller {
     }
 }
 
-/// Runs `callers` Get loops against the cdc-cache at `target` for `seconds`.
-fn get_load(target: &Target, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
-    let addr = target.addr.clone();
-    run_load(target.pid, callers, keys, seconds, rate, move || async move {
-        let clients = channels(&addr, callers).await;
+/// Runs `callers` Get loops against the sidecar for `o.seconds`.
+fn get_load(o: &Options, sidecar: &Sidecar, callers: usize, rate: Option<f64>) -> LoadResult {
+    let (addr, per_connection) = (sidecar.grpc.clone(), o.callers_per_connection);
+    run_load(o, sidecar.child.0.id(), callers, rate, move || async move {
+        let clients = channels(&addr, callers, per_connection).await;
         (0..callers).map(|c| clients[c % clients.len()].clone()).collect()
     })
 }
 
 /// The same loops against Redis GET, from the same generator.
-fn redis_get_load(redis: &Redis, callers: usize, keys: usize, seconds: f64, rate: Option<f64>) -> LoadResult {
+fn redis_get_load(o: &Options, redis: &Redis, callers: usize, rate: Option<f64>) -> LoadResult {
     let port = redis.port;
-    run_load(
-        redis.child.0.id(),
-        callers,
-        keys,
-        seconds,
-        rate,
-        move || async move {
-            let mut connections = Vec::new();
-            for _ in 0..callers {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                connections.push(RedisCaller {
-                    stream,
-                    reply: Vec::new(),
-                });
-            }
-            connections
-        },
-    )
+    run_load(o, redis.child.0.id(), callers, rate, move || async move {
+        let mut connections = Vec::new();
+        for _ in 0..callers {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            connections.push(RedisCaller {
+                stream,
+                reply: Vec::new(),
+            });
+        }
+        connections
+    })
 }
 
-/// Runs one Get loop per caller for `seconds` (at `rate` ops/s in total when given), with
+/// Runs one Get loop per caller for `o.seconds` (at `rate` ops/s in total when given), with
 /// latency recorded per call, and the CPU of the generator and of the server `pid`. The generator
 /// runs on one thread with a current-thread runtime: it never uses more than one core, and its
 /// callers share that thread instead of waking each other across threads.
-fn run_load<C, F, Fut>(
-    pid: u32,
-    callers: usize,
-    keys: usize,
-    seconds: f64,
-    rate: Option<f64>,
-    connect: F,
-) -> LoadResult
+fn run_load<C, F, Fut>(o: &Options, pid: u32, callers: usize, rate: Option<f64>, connect: F) -> LoadResult
 where
     C: Caller,
     F: FnOnce() -> Fut,
@@ -581,7 +565,8 @@ where
     // Callers are local tasks: each keeps its own (non-Send) random number generator.
     tokio::task::LocalSet::new().block_on(&runtime, async {
         let connections = connect().await;
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let keys = o.keys;
+        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
         let cpu_before = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -628,9 +613,10 @@ where
 }
 
 /// Calls per second.
-async fn multiget_load(addr: &str, callers: usize, keys: usize, seconds: f64) -> f64 {
-    let clients = channels(addr, callers).await;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+async fn multiget_load(o: &Options, addr: &str, callers: usize) -> f64 {
+    let clients = channels(addr, callers, o.callers_per_connection).await;
+    let keys = o.keys;
+    let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..callers {

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 pub struct ServingRuntime {
     handle: Handle,
-    /// Dropped (or sent) to let the thread finish.
+    /// Dropped to let the thread finish.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
