@@ -4,6 +4,7 @@
 
 mod partition;
 mod readiness;
+mod record;
 mod table;
 
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::time::SystemTime;
 
 pub use partition::PartitionState;
 pub use readiness::Latch;
-pub use table::{Applied, Change, Found, Progress, Table};
+pub use record::Found;
+pub use table::{Applied, Change, Progress, Table};
 
 use crate::config::TableConfig;
 

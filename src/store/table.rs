@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::partition::PartitionState;
 use super::readiness::Latch;
+use super::record::{Found, Record};
 use crate::config::{Format, TableConfig};
 
 /// A decoded record: what it does to the map.
@@ -34,94 +34,6 @@ pub enum Applied {
     Truncated,
     /// The offset was applied before (a redelivery); nothing changed.
     Duplicate,
-}
-
-/// One stored record in a single exact-size allocation:
-/// `[partition i32][offset i64][timestamp_ms i64][key_len u32][key][value]`.
-///
-/// The map holds nothing but this 16-byte pointer and length per entry, and each entry costs one
-/// heap allocation. (Separate key and value boxes plus an inline struct cost 56 bytes per slot
-/// and two allocations: about 190 bytes per entry beyond the data at a million entries, see
-/// BENCHMARKS.md.) Hash and equality are those of the key, so the map is looked up by `&[u8]`.
-#[derive(Debug)]
-struct Record(Box<[u8]>);
-
-const HEADER: usize = 4 + 8 + 8 + 4;
-
-impl Record {
-    fn new(key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) -> Record {
-        let mut bytes = Vec::with_capacity(HEADER + key.len() + value.len());
-        bytes.extend_from_slice(&partition.to_le_bytes());
-        bytes.extend_from_slice(&offset.to_le_bytes());
-        bytes.extend_from_slice(&timestamp_ms.to_le_bytes());
-        // Kafka caps a record far below 4 GiB, so a key length always fits.
-        bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(value);
-        Record(bytes.into_boxed_slice())
-    }
-
-    fn field<const N: usize>(&self, at: usize) -> [u8; N] {
-        self.0[at..at + N]
-            .try_into()
-            .expect("header fields are in bounds")
-    }
-
-    fn key_len(&self) -> usize {
-        u32::from_le_bytes(self.field(20)) as usize
-    }
-
-    fn key(&self) -> &[u8] {
-        &self.0[HEADER..HEADER + self.key_len()]
-    }
-
-    fn value(&self) -> &[u8] {
-        &self.0[HEADER + self.key_len()..]
-    }
-
-    /// Key plus value bytes: what `memory_bytes` counts.
-    fn data_len(&self) -> i64 {
-        (self.0.len() - HEADER) as i64
-    }
-
-    fn found(&self) -> Found {
-        Found {
-            value: Bytes::copy_from_slice(self.value()),
-            partition: i32::from_le_bytes(self.field(0)),
-            offset: i64::from_le_bytes(self.field(4)),
-            timestamp_ms: i64::from_le_bytes(self.field(12)),
-        }
-    }
-}
-
-impl std::hash::Hash for Record {
-    // Must hash exactly as `[u8]` does, for lookups by borrowed key.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
-    }
-}
-
-impl PartialEq for Record {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Record {}
-
-impl std::borrow::Borrow<[u8]> for Record {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
-/// A lookup hit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub value: Bytes,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: i64,
 }
 
 /// How far a bootstrap has got, for "not ready yet" answers.

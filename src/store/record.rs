@@ -1,0 +1,305 @@
+//! One stored entry (key, value and where it came from) in a single allocation behind an
+//! 8-byte pointer.
+//!
+//! Layout: `[body_len][key_len][key][partition][offset][timestamp_ms][value]`, every number a
+//! LEB128 varint (the last three zigzag-encoded, so any `i32`/`i64` fits). The map's slot holds
+//! only the pointer; the allocation knows its own length.
+//!
+//! Why `unsafe`: a `Box<[u8]>` slot is 16 bytes (pointer and length) and the fixed header it
+//! carried was 24, where this layout needs 8 and about 12 (1 + 1 + 3 + 6 for a million offsets
+//! and a current timestamp). With hashbrown's slot array at load 0.48 (a million entries) that is
+//! 16.7 + 12 bytes less per entry; see BENCHMARKS.md. The unsafe code is the three blocks below,
+//! all about turning the thin pointer back into the `Box<[u8]>` it came from.
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use bytes::Bytes;
+
+/// A lookup hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub value: Bytes,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
+
+/// An owned, immutable record. Hash and equality are those of the key, so a map of records is
+/// looked up by `&[u8]`.
+pub struct Record(NonNull<u8>);
+
+// SAFETY: a Record uniquely owns its heap buffer, exactly like the `Box<[u8]>` it is made from,
+// and never mutates it after construction, so moving it or sharing `&Record` across threads is as
+// safe as for `Box<[u8]>`.
+#[allow(unsafe_code)]
+unsafe impl Send for Record {}
+#[allow(unsafe_code)]
+unsafe impl Sync for Record {}
+
+/// The longest varint of a `u64`.
+const MAX_VARINT: usize = 10;
+
+impl Record {
+    pub fn new(key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) -> Record {
+        let mut meta = [0u8; 3 * MAX_VARINT];
+        let mut meta_len = 0;
+        for n in [i64::from(partition), offset, timestamp_ms] {
+            meta_len += write_varint(zigzag(n), &mut meta[meta_len..]);
+        }
+        let key_len = key.len() as u64;
+        let body_len = (varint_len(key_len) + key.len() + meta_len + value.len()) as u64;
+        let mut bytes = Vec::with_capacity(varint_len(body_len) + body_len as usize);
+        push_varint(&mut bytes, body_len);
+        push_varint(&mut bytes, key_len);
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(&meta[..meta_len]);
+        bytes.extend_from_slice(value);
+        // The capacity is exact, so this does not reallocate.
+        let boxed = Box::into_raw(bytes.into_boxed_slice());
+        // The buffer holds at least the one-byte body length, so it is a real allocation.
+        Record(NonNull::new(boxed.cast::<u8>()).expect("Box pointers are non-null"))
+    }
+
+    /// The whole allocation, length prefix included.
+    fn bytes(&self) -> &[u8] {
+        let start = self.0.as_ptr();
+        let mut body_len = 0u64;
+        let mut prefix_len = 0;
+        loop {
+            // SAFETY: the allocation starts with a complete varint written by `new`, so every
+            // byte up to and including the first without the continuation bit is in bounds.
+            #[allow(unsafe_code)]
+            let byte = unsafe { *start.add(prefix_len) };
+            body_len |= u64::from(byte & 0x7f) << (7 * prefix_len);
+            prefix_len += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        // SAFETY: `new` allocated exactly `prefix_len + body_len` initialized bytes at `start`,
+        // and they live, unchanged, as long as `self`.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(start, prefix_len + body_len as usize)
+        }
+    }
+
+    /// The bytes after the length prefix: `[key_len][key][meta][value]`, with the key's bounds.
+    fn body(&self) -> (&[u8], std::ops::Range<usize>) {
+        let mut bytes = self.bytes();
+        read_varint(&mut bytes);
+        let body = bytes;
+        let key_len = read_varint(&mut bytes) as usize;
+        let key_start = body.len() - bytes.len();
+        (body, key_start..key_start + key_len)
+    }
+
+    pub fn key(&self) -> &[u8] {
+        let (body, key) = self.body();
+        &body[key]
+    }
+
+    /// Key plus value bytes: what a table's `data_bytes` counts.
+    pub fn data_len(&self) -> i64 {
+        let (body, key) = self.body();
+        let mut rest = &body[key.end..];
+        for _ in 0..3 {
+            read_varint(&mut rest);
+        }
+        (key.len() + rest.len()) as i64
+    }
+
+    pub fn found(&self) -> Found {
+        let (body, key) = self.body();
+        let mut rest = &body[key.end..];
+        let partition = unzigzag(read_varint(&mut rest)) as i32;
+        let offset = unzigzag(read_varint(&mut rest));
+        let timestamp_ms = unzigzag(read_varint(&mut rest));
+        Found {
+            value: Bytes::copy_from_slice(rest),
+            partition,
+            offset,
+            timestamp_ms,
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let len = self.bytes().len();
+        let slice = std::ptr::slice_from_raw_parts_mut(self.0.as_ptr(), len);
+        // SAFETY: pointer and length are those of the `Box<[u8]>` leaked in `new`, and this is
+        // the only owner, so rebuilding the box frees it exactly once.
+        #[allow(unsafe_code)]
+        drop(unsafe { Box::from_raw(slice) });
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let found = self.found();
+        f.debug_struct("Record")
+            .field("key", &String::from_utf8_lossy(self.key()))
+            .field("value_len", &found.value.len())
+            .field("partition", &found.partition)
+            .field("offset", &found.offset)
+            .finish()
+    }
+}
+
+impl std::hash::Hash for Record {
+    // Must hash exactly as `[u8]` does, for lookups by borrowed key.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Record {}
+
+impl std::borrow::Borrow<[u8]> for Record {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn write_varint(mut n: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    while n >= 0x80 {
+        out[i] = (n as u8) | 0x80;
+        n >>= 7;
+        i += 1;
+    }
+    out[i] = n as u8;
+    i + 1
+}
+
+fn push_varint(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; MAX_VARINT];
+    let len = write_varint(n, &mut buf);
+    out.extend_from_slice(&buf[..len]);
+}
+
+/// Reads a varint written by `new`, advancing `bytes` past it.
+fn read_varint(bytes: &mut &[u8]) -> u64 {
+    let mut n = 0u64;
+    for (i, &byte) in bytes.iter().enumerate() {
+        n |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return n;
+        }
+    }
+    unreachable!("records hold only complete varints")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips_typical_record() {
+        let record = Record::new(
+            b"{\"id\":1}",
+            b"{\"name\":\"a\"}",
+            2,
+            1_000_000,
+            1_763_900_000_000,
+        );
+        assert_eq!(record.key(), b"{\"id\":1}");
+        assert_eq!(
+            record.found(),
+            Found {
+                value: Bytes::from_static(b"{\"name\":\"a\"}"),
+                partition: 2,
+                offset: 1_000_000,
+                timestamp_ms: 1_763_900_000_000,
+            }
+        );
+        assert_eq!(record.data_len(), 20);
+        // 1 length + 1 key length + 1 partition + 3 offset + 6 timestamp bytes of header.
+        assert_eq!(record.bytes().len(), 20 + 12);
+    }
+
+    #[test]
+    fn empty_key_and_value_and_missing_timestamp() {
+        let record = Record::new(b"", b"", 0, 0, -1);
+        assert_eq!(record.key(), b"");
+        let found = record.found();
+        assert!(found.value.is_empty());
+        assert_eq!((found.partition, found.offset, found.timestamp_ms), (0, 0, -1));
+        assert_eq!(record.data_len(), 0);
+    }
+
+    #[test]
+    fn long_values_take_multi_byte_lengths() {
+        let value = vec![7u8; 100_000];
+        let key = vec![1u8; 300];
+        let record = Record::new(&key, &value, i32::MAX, i64::MAX, i64::MIN);
+        assert_eq!(record.key(), key.as_slice());
+        let found = record.found();
+        assert_eq!(found.value.as_ref(), value.as_slice());
+        assert_eq!(
+            (found.partition, found.offset, found.timestamp_ms),
+            (i32::MAX, i64::MAX, i64::MIN)
+        );
+    }
+
+    #[test]
+    fn hashes_and_compares_as_its_key() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let a = Record::new(b"k", b"one", 0, 1, 2);
+        let b = Record::new(b"k", b"two", 1, 5, 6);
+        assert_eq!(a, b);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(b"k".as_slice()));
+        assert_ne!(a, Record::new(b"j", b"one", 0, 1, 2));
+    }
+
+    #[test]
+    fn varint_lengths_match_writes() {
+        for n in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = [0u8; MAX_VARINT];
+            assert_eq!(write_varint(n, &mut buf), varint_len(n), "{n}");
+            let mut slice = &buf[..];
+            assert_eq!(read_varint(&mut slice), n);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(
+            key in proptest::collection::vec(any::<u8>(), 0..300),
+            value in proptest::collection::vec(any::<u8>(), 0..3000),
+            partition: i32,
+            offset: i64,
+            timestamp_ms: i64,
+        ) {
+            let record = Record::new(&key, &value, partition, offset, timestamp_ms);
+            prop_assert_eq!(record.key(), key.as_slice());
+            prop_assert_eq!(record.data_len(), (key.len() + value.len()) as i64);
+            let found = record.found();
+            prop_assert_eq!(found.value.as_ref(), value.as_slice());
+            prop_assert_eq!((found.partition, found.offset, found.timestamp_ms), (partition, offset, timestamp_ms));
+        }
+    }
+}
