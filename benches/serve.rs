@@ -103,10 +103,14 @@ fn main() {
     let redis_empty = redis.memory();
     redis.load(o.keys, &value);
     let redis_full = redis.memory();
-    let mut out = format!(
-        "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
-        o.keys, o.seconds, o.runs
-    );
+    let mut out = if o.only == ["memory"] {
+        format!("## Memory: {} keys x {VALUE_BYTES} B values\n\n", o.keys)
+    } else {
+        format!(
+            "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
+            o.keys, o.seconds, o.runs
+        )
+    };
     let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
     runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
     if o.runs("memory") {
