@@ -145,17 +145,36 @@ fn main() {
         }
     }
     if o.runs("multiget") {
-        let mg: Vec<f64> = (0..o.runs)
-            .map(|_| runtime.block_on(multiget_load(&o, &tcp.grpc, 16)) * 100.0)
+        let ours: Vec<ExternalRun> = (0..o.runs).map(|_| multiget_load(&o, &tcp, 16)).collect();
+        let theirs: Vec<ExternalRun> = (0..o.runs)
+            .map(|_| redis.benchmark_mget(16, o.keys, o.seconds))
             .collect();
-        let mget: Vec<f64> = (0..o.runs)
-            .map(|_| redis.benchmark_mget(16, o.keys, o.seconds).ops_per_sec * 100.0)
-            .collect();
+        let keys_per_sec =
+            |runs: &[ExternalRun]| runs.iter().map(|r| r.ops_per_sec * 100.0).collect::<Vec<_>>();
+        // Server CPU per key: what one key of a MultiGet costs the server, next to MGET's.
+        let cpu_per_key = |runs: &[ExternalRun]| {
+            median(
+                &runs
+                    .iter()
+                    .map(|r| r.server_cpu / (r.ops_per_sec * 100.0) * 1e6)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cores = |runs: &[ExternalRun]| {
+            let server = median(&runs.iter().map(|r| r.server_cpu).collect::<Vec<_>>());
+            let generator = median(&runs.iter().map(|r| r.generator_cpu).collect::<Vec<_>>());
+            format!("{server:.2}, {generator:.2}")
+        };
+        let (mg, mget) = (keys_per_sec(&ours), keys_per_sec(&theirs));
         out += &format!(
-            "\n### MultiGet of 100 keys, 16 callers (keys/s)\n| cdc-cache MultiGet | Redis MGET | ratio |\n|---|---|---|\n| {} | {} | {:.2} |\n",
+            "\n### MultiGet of 100 keys, 16 callers (keys/s)\n| cdc-cache MultiGet | Redis MGET (redis-benchmark) | ratio | server CPU µs per key: cdc-cache, Redis | CPU cores: cdc-cache, its generator | CPU cores: redis-server, redis-benchmark |\n|---|---|---|---|---|---|\n| {} | {} | {:.2} | {:.2}, {:.2} | {} | {} |\n",
             triple(&mg),
             triple(&mget),
-            median(&mg) / median(&mget)
+            median(&mg) / median(&mget),
+            cpu_per_key(&ours),
+            cpu_per_key(&theirs),
+            cores(&ours),
+            cores(&theirs),
         );
     }
     if o.runs("freshness") {
@@ -616,40 +635,55 @@ where
     })
 }
 
-/// Calls per second.
-async fn multiget_load(o: &Options, addr: &str, callers: usize) -> f64 {
-    let clients = channels(addr, callers, o.callers_per_connection).await;
-    let keys = o.keys;
-    let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let mut client = clients[c % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut calls = 0u64;
-            while Instant::now() < deadline {
-                let batch = (0..100)
-                    .map(|_| key(rand::rng().random_range(0..keys)).into_bytes().into())
-                    .collect();
-                let response = client
-                    .multi_get(MultiGetRequest {
-                        table: String::new(),
-                        keys: batch,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(response.results.len(), 100);
-                calls += 1;
-            }
-            calls
-        }));
-    }
-    let mut calls = 0;
-    for task in tasks {
-        calls += task.await.unwrap();
-    }
-    calls as f64 / started.elapsed().as_secs_f64()
+/// MultiGet calls of 100 uniform keys per second, from one generator thread (as redis-benchmark
+/// is one), with the CPU used by the generator and the server.
+fn multiget_load(o: &Options, sidecar: &Sidecar, callers: usize) -> ExternalRun {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = sidecar.child.0.id().to_string();
+    runtime.block_on(async {
+        let clients = channels(&sidecar.grpc, callers, o.callers_per_connection).await;
+        let keys = o.keys;
+        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+        let cpu_before = (cpu_seconds("self"), cpu_seconds(&pid));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let mut client = clients[c % clients.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    let batch = (0..100)
+                        .map(|_| key(rand::rng().random_range(0..keys)).into_bytes().into())
+                        .collect();
+                    let response = client
+                        .multi_get(MultiGetRequest {
+                            table: String::new(),
+                            keys: batch,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(response.results.len(), 100);
+                    assert!(response.results.iter().all(|r| r.found));
+                    calls += 1;
+                }
+                calls
+            }));
+        }
+        let mut calls = 0;
+        for task in tasks {
+            calls += task.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        ExternalRun {
+            ops_per_sec: calls as f64 / elapsed,
+            generator_cpu: (cpu_seconds("self") - cpu_before.0) / elapsed,
+            server_cpu: (cpu_seconds(&pid) - cpu_before.1) / elapsed,
+        }
+    })
 }
 
 /// Produce -> visible latencies (p50, p99 in µs) for the sidecar and for a bare consumer that

@@ -60,16 +60,16 @@ impl CacheService {
                 max: self.max_multiget_keys,
             });
         }
-        let results = request
+        let keys = request
             .keys
             .iter()
             .enumerate()
             .map(|(index, key)| {
-                let key = cdc::canonical_key(table.format(), key)
-                    .map_err(|source| RequestError::BadKey { index, source })?;
-                Ok(response(table.get(&key)))
+                cdc::canonical_key(table.format(), key)
+                    .map_err(|source| RequestError::BadKey { index, source })
             })
-            .collect::<Result<_, RequestError>>()?;
+            .collect::<Result<Vec<_>, RequestError>>()?;
+        let results = table.get_many(&keys).into_iter().map(response).collect();
         Ok(MultiGetResponse { results })
     }
 

@@ -146,6 +146,22 @@ mod tests {
     }
 
     #[test]
+    fn get_many_answers_in_key_order_like_get() {
+        let (table, p) = one_partition_table(100);
+        table.apply(&p, 0, Some(1000), upsert("a", "first"));
+        table.apply(&p, 1, None, upsert("b", ""));
+        table.apply(&p, 2, Some(1002), upsert("c", "third value"));
+        let keys: [&[u8]; 5] = [b"c", b"missing", b"a", b"b", b"c"];
+        let many = table.get_many(&keys);
+        let one_by_one: Vec<_> = keys.iter().map(|k| table.get(k)).collect();
+        assert_eq!(many, one_by_one);
+        assert_eq!(many[0].as_ref().unwrap().value, Bytes::from_static(b"third value"));
+        assert_eq!(many[1], None);
+        assert_eq!(many[3].as_ref().unwrap().offset, 1);
+        assert!(table.get_many::<&[u8]>(&[]).is_empty());
+    }
+
+    #[test]
     fn readers_never_see_a_key_missing_while_it_is_overwritten() {
         let (table, p) = one_partition_table(1_000_000);
         table.apply(&p, 0, None, upsert("k", "0"));

@@ -111,16 +111,38 @@ impl Record {
     }
 
     pub fn found(&self) -> Found {
+        let (value, origin) = self.value_and_origin();
+        origin.with_value(Bytes::copy_from_slice(value))
+    }
+
+    /// The value, and where the record came from.
+    pub fn value_and_origin(&self) -> (&[u8], Origin) {
         let (body, key) = self.body();
         let mut rest = &body[key.end..];
-        let partition = unzigzag(read_varint(&mut rest)) as i32;
-        let offset = unzigzag(read_varint(&mut rest));
-        let timestamp_ms = unzigzag(read_varint(&mut rest));
+        let origin = Origin {
+            partition: unzigzag(read_varint(&mut rest)) as i32,
+            offset: unzigzag(read_varint(&mut rest)),
+            timestamp_ms: unzigzag(read_varint(&mut rest)),
+        };
+        (rest, origin)
+    }
+}
+
+/// Where a stored value came from: its Kafka partition, offset and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
+
+impl Origin {
+    pub fn with_value(self, value: Bytes) -> Found {
         Found {
-            value: Bytes::copy_from_slice(rest),
-            partition,
-            offset,
-            timestamp_ms,
+            value,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
         }
     }
 }

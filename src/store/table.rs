@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use dashmap::DashMap;
 
 use super::partition::PartitionState;
@@ -233,6 +234,28 @@ impl Table {
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         // The shard guard lives only for this expression: copy out and release.
         self.entries.get(key).map(|entry| entry.key().found())
+    }
+
+    /// Looks up every key in order. The values found are copied into one buffer that the results
+    /// share, so a MultiGet makes one allocation rather than one per key.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Found>> {
+        let mut values = BytesMut::new();
+        let hits: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                // As in `get`, each shard guard lives only while its value is copied out.
+                self.entries.get(key.as_ref()).map(|entry| {
+                    let (value, origin) = entry.key().value_and_origin();
+                    let start = values.len();
+                    values.extend_from_slice(value);
+                    (start..values.len(), origin)
+                })
+            })
+            .collect();
+        let values = values.freeze();
+        hits.into_iter()
+            .map(|hit| hit.map(|(range, origin)| origin.with_value(values.slice(range))))
+            .collect()
     }
 
     /// True when the start-up partitions are known and every one has caught up.
