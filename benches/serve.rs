@@ -548,7 +548,7 @@ impl Caller for RedisCaller {
 /// Runs `callers` Get loops against the sidecar for `o.seconds`.
 fn get_load(o: &Options, sidecar: &Sidecar, callers: usize, rate: Option<f64>) -> LoadResult {
     let (addr, per_connection) = (sidecar.grpc.clone(), o.callers_per_connection);
-    run_load(o, sidecar.child.0.id(), callers, rate, move || async move {
+    run_load(o, sidecar.child.0.id(), rate, move || async move {
         let clients = channels(&addr, callers, per_connection).await;
         (0..callers).map(|c| clients[c % clients.len()].clone()).collect()
     })
@@ -557,7 +557,7 @@ fn get_load(o: &Options, sidecar: &Sidecar, callers: usize, rate: Option<f64>) -
 /// The same loops against Redis GET, from the same generator.
 fn redis_get_load(o: &Options, redis: &Redis, callers: usize, rate: Option<f64>) -> LoadResult {
     let port = redis.port;
-    run_load(o, redis.child.0.id(), callers, rate, move || async move {
+    run_load(o, redis.child.0.id(), rate, move || async move {
         let mut connections = Vec::new();
         for _ in 0..callers {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -575,7 +575,7 @@ fn redis_get_load(o: &Options, redis: &Redis, callers: usize, rate: Option<f64>)
 /// latency recorded per call, and the CPU of the generator and of the server `pid`. The generator
 /// runs on one thread with a current-thread runtime: it never uses more than one core, and its
 /// callers share that thread instead of waking each other across threads.
-fn run_load<C, F, Fut>(o: &Options, pid: u32, callers: usize, rate: Option<f64>, connect: F) -> LoadResult
+fn run_load<C, F, Fut>(o: &Options, pid: u32, rate: Option<f64>, connect: F) -> LoadResult
 where
     C: Caller,
     F: FnOnce() -> Fut,
@@ -592,23 +592,37 @@ where
         let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
         let cpu_before = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
         let started = Instant::now();
+        // Open loop: one pacer releases a call every 1/rate s, and any idle caller makes it. The
+        // pacer spins (yielding) instead of sleeping: tokio's timers fire on 1 ms ticks, which
+        // would turn the offered rate into bursts of rate/1000 calls. Only it spins, so a
+        // response's wake-ups do not queue behind 64 spinning callers.
+        let permits = rate.map(|_| Arc::new(tokio::sync::Semaphore::new(0)));
+        if let (Some(rate), Some(permits)) = (rate, permits.clone()) {
+            tokio::task::spawn_local(async move {
+                let period = Duration::from_secs_f64(1.0 / rate);
+                let mut due = Instant::now();
+                while due < deadline {
+                    while Instant::now() < due {
+                        tokio::task::yield_now().await;
+                    }
+                    permits.add_permits(1);
+                    due += period;
+                }
+                permits.close();
+            });
+        }
         let mut tasks = Vec::new();
-        for (c, mut connection) in connections.into_iter().enumerate() {
+        for mut connection in connections {
+            let permits = permits.clone();
             tasks.push(tokio::task::spawn_local(async move {
                 let mut histogram = Histogram::<u64>::new(3).unwrap();
-                // Callers' schedules are spread over one period: started in step, 64 callers
-                // would arrive as one burst per period and measure their own queueing.
-                let mut interval = rate.map(|r| {
-                    let period = Duration::from_secs_f64(callers as f64 / r);
-                    let phase = period.mul_f64(c as f64 / callers as f64);
-                    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    i
-                });
                 let mut rng = rand::rng();
                 while Instant::now() < deadline {
-                    if let Some(interval) = interval.as_mut() {
-                        interval.tick().await;
+                    if let Some(permits) = &permits {
+                        // Closed or not, the pacer has stopped at the deadline.
+                        if let Ok(permit) = permits.acquire().await {
+                            permit.forget();
+                        }
                     }
                     let k = key(rng.random_range(0..keys));
                     let t = Instant::now();

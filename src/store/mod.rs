@@ -155,7 +155,10 @@ mod tests {
         let many = table.get_many(&keys);
         let one_by_one: Vec<_> = keys.iter().map(|k| table.get(k)).collect();
         assert_eq!(many, one_by_one);
-        assert_eq!(many[0].as_ref().unwrap().value, Bytes::from_static(b"third value"));
+        assert_eq!(
+            many[0].as_ref().unwrap().value,
+            Bytes::from_static(b"third value")
+        );
         assert_eq!(many[1], None);
         assert_eq!(many[3].as_ref().unwrap().offset, 1);
         assert!(table.get_many::<&[u8]>(&[]).is_empty());
