@@ -6,7 +6,7 @@
 //! only the pointer; the allocation knows its own length.
 //!
 //! Why `unsafe`: a `Box<[u8]>` slot is 16 bytes (pointer and length) and the fixed header it
-//! carried was 24, where this layout needs 8 and about 12 (1 + 1 + 3 + 6 for a million offsets
+//! carried was 24, where this layout needs 8 and about 12 (1 + 1 + 1 + 3 + 6 for a million offsets
 //! and a current timestamp). With hashbrown's slot array at load 0.48 (a million entries) that is
 //! 16.7 + 12 bytes less per entry; see BENCHMARKS.md. The unsafe code is the blocks below,
 //! all about turning the thin pointer back into the allocation it came from (a `Box<[u8]>`, or
@@ -31,9 +31,9 @@ pub struct Found {
 /// looked up by `&[u8]`.
 pub struct Record(NonNull<u8>);
 
-// SAFETY: a Record uniquely owns its heap buffer, exactly like the `Box<[u8]>` it is made from,
-// and never mutates it after construction, so moving it or sharing `&Record` across threads is as
-// safe as for `Box<[u8]>`.
+// SAFETY: a Record uniquely owns its heap buffer (a `Box<[u8]>` or a mimalloc block), like a
+// `Box<[u8]>` does, and never mutates it after construction. Both allocators free a block from any
+// thread. So moving a Record or sharing `&Record` across threads is as safe as for `Box<[u8]>`.
 #[allow(unsafe_code)]
 unsafe impl Send for Record {}
 #[allow(unsafe_code)]
@@ -75,6 +75,7 @@ impl Record {
             if byte & 0x80 == 0 {
                 break;
             }
+            debug_assert!(prefix_len < MAX_VARINT, "record length prefix is corrupt");
         }
         // SAFETY: `new` allocated exactly `prefix_len + body_len` initialized bytes at `start`,
         // and they live, unchanged, as long as `self`.
@@ -155,7 +156,7 @@ impl Drop for Record {
 /// Records of up to this many bytes come from mimalloc, the rest from the global allocator
 /// (glibc). glibc puts an 8-byte header before each allocation and rounds to 16 bytes, so a
 /// 64-byte record takes 80; mimalloc has no header and, up to 128 bytes, size classes 8-16 bytes
-/// apart, so it takes 64. Above 128 its classes are 32-64 bytes apart and glibc wastes less (a
+/// apart, so it takes 64. Above 128 its classes are 32 bytes or more apart and glibc wastes less (a
 /// 229-byte record: 256 in mimalloc, 240 in glibc). Measured on a million entries: all records in
 /// glibc 55 B/entry of overhead at ~52 B of data, all in mimalloc 40-43 B there but 69 instead of
 /// 55 B at 216 B of data; see BENCHMARKS.md.

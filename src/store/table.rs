@@ -237,15 +237,22 @@ impl Table {
     }
 
     /// Looks up every key in order. The values found are copied into one buffer that the results
-    /// share, so a MultiGet makes one allocation rather than one per key.
+    /// share (slices of it), instead of one allocation per value; a result kept alive keeps the
+    /// whole buffer.
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Found>> {
         let mut values = BytesMut::new();
         let hits: Vec<_> = keys
             .iter()
-            .map(|key| {
+            .enumerate()
+            .map(|(index, key)| {
                 // As in `get`, each shard guard lives only while its value is copied out.
                 self.entries.get(key.as_ref()).map(|entry| {
                     let (value, origin) = entry.key().value_and_origin();
+                    if values.capacity() == 0 {
+                        // Sized from the first value, so the buffer rarely grows (and copies)
+                        // while a guard is held.
+                        values.reserve(value.len().max(16) * (keys.len() - index));
+                    }
                     let start = values.len();
                     values.extend_from_slice(value);
                     (start..values.len(), origin)
