@@ -101,9 +101,10 @@ fn main() {
     ));
     produce_all(&brokers, TOPIC, o.keys, key, &value);
     let redis = Redis::start();
-    let redis_empty = redis.memory();
+    // Each memory reading waits for Redis's RSS refresh, so only the memory section takes them.
+    let redis_empty = o.runs("memory").then(|| redis.memory());
     redis.load(o.keys, &value);
-    let redis_full = redis.memory();
+    let redis_full = o.runs("memory").then(|| redis.memory());
     let mut out = if o.only == ["memory"] {
         format!("## Memory: {} keys x {VALUE_BYTES} B values\n\n", o.keys)
     } else {
@@ -114,7 +115,7 @@ fn main() {
     };
     let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
     runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
-    if o.runs("memory") {
+    if let (Some(redis_empty), Some(redis_full)) = (redis_empty, redis_full) {
         out += &memory(&o, &brokers, &tcp, redis_empty, redis_full);
     }
     let mut peak_64 = None;
@@ -146,13 +147,13 @@ fn main() {
         }
     }
     if o.runs("multiget") {
-        let theirs: Vec<ExternalRun> = (0..o.runs)
+        let theirs: Vec<Throughput> = (0..o.runs)
             .map(|_| redis.benchmark_mget(16, o.keys, o.seconds))
             .collect();
         let keys_per_sec =
-            |runs: &[ExternalRun]| runs.iter().map(|r| r.ops_per_sec * 100.0).collect::<Vec<_>>();
+            |runs: &[Throughput]| runs.iter().map(|r| r.ops_per_sec * 100.0).collect::<Vec<_>>();
         // Server CPU per key: what one key of a MultiGet costs the server, next to MGET's.
-        let cpu_per_key = |runs: &[ExternalRun]| {
+        let cpu_per_key = |runs: &[Throughput]| {
             median(
                 &runs
                     .iter()
@@ -160,7 +161,7 @@ fn main() {
                     .collect::<Vec<_>>(),
             )
         };
-        let cores = |runs: &[ExternalRun]| {
+        let cores = |runs: &[Throughput]| {
             let server = median(&runs.iter().map(|r| r.server_cpu).collect::<Vec<_>>());
             let generator = median(&runs.iter().map(|r| r.generator_cpu).collect::<Vec<_>>());
             format!("{server:.2}, {generator:.2}")
@@ -170,7 +171,7 @@ fn main() {
         // One shared channel (the usual client), and a pool of four: with 20 KB answers, one
         // connection's stream of frames, not the server, sets the pace.
         for per_connection in [16, 4] {
-            let ours: Vec<ExternalRun> = (0..o.runs)
+            let ours: Vec<Throughput> = (0..o.runs)
                 .map(|_| multiget_load(&o, &tcp, 16, per_connection))
                 .collect();
             let mg = keys_per_sec(&ours);
@@ -243,7 +244,7 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
         let unix_ops: Vec<f64> = (0..o.runs)
             .map(|_| get_load(o, &unix, callers, None).ops_per_sec)
             .collect();
-        let theirs: Vec<ExternalRun> = (0..o.runs)
+        let theirs: Vec<Throughput> = (0..o.runs)
             .map(|_| redis.benchmark_get(callers, o.keys, o.seconds))
             .collect();
         let same_generator: Vec<f64> = (0..o.runs)
@@ -256,7 +257,7 @@ fn get_throughput(o: &Options, brokers: &str, tcp: &Sidecar, redis: &Redis) -> (
         let ops: Vec<f64> = ours.iter().map(|r| r.ops_per_sec).collect();
         let redis_ops: Vec<f64> = theirs.iter().map(|r| r.ops_per_sec).collect();
         let med = |f: &dyn Fn(&LoadResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
-        let redis_med = |f: &dyn Fn(&ExternalRun) -> f64| median(&theirs.iter().map(f).collect::<Vec<_>>());
+        let redis_med = |f: &dyn Fn(&Throughput) -> f64| median(&theirs.iter().map(f).collect::<Vec<_>>());
         if callers == 64 {
             peak_64 = median(&ops);
         }
@@ -385,7 +386,7 @@ impl Redis {
     }
 
     /// Runs `redis-benchmark` and measures its CPU and the server's while it runs.
-    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> ExternalRun {
+    fn benchmark(&self, callers: usize, keys: usize, seconds: f64, command: &[String]) -> Throughput {
         // Size the request count to run about `seconds` at ~100k ops/s.
         let requests = ((seconds * 100_000.0) as usize).max(10_000);
         let mut command_line = Command::new("redis-benchmark");
@@ -413,20 +414,20 @@ impl Redis {
         })
     }
 
-    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> ExternalRun {
+    fn benchmark_get(&self, callers: usize, keys: usize, seconds: f64) -> Throughput {
         self.benchmark(callers, keys, seconds, &["-t".into(), "get".into()])
     }
 
-    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> ExternalRun {
+    fn benchmark_mget(&self, callers: usize, keys: usize, seconds: f64) -> Throughput {
         let mut command = vec!["MGET".to_string()];
         command.extend((0..100).map(|_| "key:__rand_int__".to_string()));
         self.benchmark(callers, keys, seconds / 20.0, &command)
     }
 }
 
-/// An external load generator's run (redis-benchmark, h2load): the rate it reported and the CPU
-/// cores it and the server used.
-struct ExternalRun {
+/// A throughput run (redis-benchmark, h2load, or this program's MultiGet loop): the rate, and the
+/// CPU cores the generator and the server used.
+struct Throughput {
     ops_per_sec: f64,
     server_cpu: f64,
     generator_cpu: f64,
@@ -434,7 +435,7 @@ struct ExternalRun {
 
 /// Runs `command` to completion, sampling its CPU time and the server's (`server_pid`); the rate
 /// is read from its output by `parse_rate` (0 when absent).
-fn run_generator(mut command: Command, server_pid: u32, parse_rate: fn(&str) -> Option<f64>) -> ExternalRun {
+fn run_generator(mut command: Command, server_pid: u32, parse_rate: fn(&str) -> Option<f64>) -> Throughput {
     let server_before = cpu_seconds(&server_pid.to_string());
     let started = Instant::now();
     let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
@@ -449,7 +450,7 @@ fn run_generator(mut command: Command, server_pid: u32, parse_rate: fn(&str) -> 
     let server_cpu = cpu_seconds(&server_pid.to_string()) - server_before;
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    ExternalRun {
+    Throughput {
         ops_per_sec: parse_rate(&stdout).unwrap_or(0.0),
         server_cpu: server_cpu / elapsed,
         generator_cpu: generator_cpu / elapsed,
@@ -483,7 +484,7 @@ impl H2load {
         Some(H2load { body: file })
     }
 
-    fn get(&self, sidecar: &Sidecar, callers: usize, seconds: f64) -> ExternalRun {
+    fn get(&self, sidecar: &Sidecar, callers: usize, seconds: f64) -> Throughput {
         let requests = ((seconds * 100_000.0) as usize).max(10_000);
         let mut command = Command::new("h2load");
         command
@@ -582,19 +583,15 @@ fn redis_get_load(o: &Options, redis: &Redis, callers: usize, rate: Option<f64>)
 }
 
 /// Runs one Get loop per caller for `o.seconds` (at `rate` ops/s in total when given), with
-/// latency recorded per call, and the CPU of the generator and of the server `pid`. The generator
-/// runs on one thread with a current-thread runtime: it never uses more than one core, and its
-/// callers share that thread instead of waking each other across threads.
+/// latency recorded per call, and the CPU of the generator and of the server `pid`, on the
+/// one-thread [`generator_runtime`].
 fn run_load<C, F, Fut>(o: &Options, pid: u32, rate: Option<f64>, connect: F) -> LoadResult
 where
     C: Caller,
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<C>>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = generator_runtime();
     // Callers are local tasks: each keeps its own (non-Send) random number generator.
     tokio::task::LocalSet::new().block_on(&runtime, async {
         let connections = connect().await;
@@ -659,13 +656,19 @@ where
     })
 }
 
-/// MultiGet calls of 100 uniform keys per second, from one generator thread (as redis-benchmark
-/// is one), with the CPU used by the generator and the server.
-fn multiget_load(o: &Options, sidecar: &Sidecar, callers: usize, per_connection: usize) -> ExternalRun {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The load generator's runtime: one thread, so it never uses more than one core and its callers
+/// share that thread instead of waking each other across threads.
+fn generator_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// MultiGet calls of 100 uniform keys per second, from one generator thread (as redis-benchmark
+/// is one), with the CPU used by the generator and the server.
+fn multiget_load(o: &Options, sidecar: &Sidecar, callers: usize, per_connection: usize) -> Throughput {
+    let runtime = generator_runtime();
     let pid = sidecar.child.0.id().to_string();
     runtime.block_on(async {
         let clients = channels(&sidecar.grpc, callers, per_connection).await;
@@ -702,7 +705,7 @@ fn multiget_load(o: &Options, sidecar: &Sidecar, callers: usize, per_connection:
             calls += task.await.unwrap();
         }
         let elapsed = started.elapsed().as_secs_f64();
-        ExternalRun {
+        Throughput {
             ops_per_sec: calls as f64 / elapsed,
             generator_cpu: (cpu_seconds("self") - cpu_before.0) / elapsed,
             server_cpu: (cpu_seconds(&pid) - cpu_before.1) / elapsed,

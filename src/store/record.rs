@@ -102,12 +102,8 @@ impl Record {
 
     /// Key plus value bytes: what a table's `data_bytes` counts.
     pub fn data_len(&self) -> i64 {
-        let (body, key) = self.body();
-        let mut rest = &body[key.end..];
-        for _ in 0..3 {
-            read_varint(&mut rest);
-        }
-        (key.len() + rest.len()) as i64
+        let (key, value, _) = self.parts();
+        (key.len() + value.len()) as i64
     }
 
     pub fn found(&self) -> Found {
@@ -117,6 +113,12 @@ impl Record {
 
     /// The value, and where the record came from.
     pub fn value_and_origin(&self) -> (&[u8], Origin) {
+        let (_, value, origin) = self.parts();
+        (value, origin)
+    }
+
+    /// Key, value and origin, read past the header's varints.
+    fn parts(&self) -> (&[u8], &[u8], Origin) {
         let (body, key) = self.body();
         let mut rest = &body[key.end..];
         let origin = Origin {
@@ -124,7 +126,7 @@ impl Record {
             offset: unzigzag(read_varint(&mut rest)),
             timestamp_ms: unzigzag(read_varint(&mut rest)),
         };
-        (rest, origin)
+        (&body[key], rest, origin)
     }
 }
 
@@ -215,12 +217,12 @@ fn small_layout(len: usize) -> Layout {
 
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let found = self.found();
+        let (key, value, origin) = self.parts();
         f.debug_struct("Record")
-            .field("key", &String::from_utf8_lossy(self.key()))
-            .field("value_len", &found.value.len())
-            .field("partition", &found.partition)
-            .field("offset", &found.offset)
+            .field("key", &String::from_utf8_lossy(key))
+            .field("value_len", &value.len())
+            .field("partition", &origin.partition)
+            .field("offset", &origin.offset)
             .finish()
     }
 }

@@ -186,6 +186,7 @@ impl Table {
         }
         let applied = match change {
             Change::Upsert { key, value } => {
+                let added = (key.len() + value.len()) as i64;
                 let record = Record::new(
                     &key,
                     &value,
@@ -193,7 +194,6 @@ impl Table {
                     offset,
                     timestamp_ms.unwrap_or(-1),
                 );
-                let added = record.data_len();
                 // Replace key and value in place, so a concurrent reader never sees the key absent.
                 let removed = match self.entries.entry(record) {
                     dashmap::Entry::Occupied(entry) => entry.replace_entry(()).0.data_len(),
