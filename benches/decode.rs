@@ -7,8 +7,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cdc_cache::config::Format;
-use cdc_cache::ingest::cdc::decode;
+use cdc_cache::format::decode;
+use cdc_cache::format::Format;
 
 const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":false,"field":"first_name"},{"type":"string","optional":false,"field":"last_name"},{"type":"string","optional":false,"field":"email"},{"type":"string","optional":true,"field":"status"},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","field":"balance"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}],"optional":true,"name":"shop.public.customers.Value","field":"before"},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"shop.public.customers.Envelope"}"#;
 

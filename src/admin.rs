@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic_health::server::HealthReporter;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -21,21 +21,26 @@ use crate::store::Store;
 struct AdminState {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    health: Health,
 }
 
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    health: &HealthReporter,
+    health: &Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let http = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { store, metrics });
-    let grpc_health = Routes::new(crate::grpc::health_service(health)).into_axum_router();
+        .with_state(AdminState {
+            store,
+            metrics,
+            health: health.clone(),
+        });
+    let grpc_health = Routes::new(crate::grpc::health_service(health.reporter())).into_axum_router();
     axum::serve(listener, http.merge(grpc_health))
         .with_graceful_shutdown(shutdown)
         .await
@@ -54,11 +59,17 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready: the same status as the gRPC health service (caught up, not shutting down, loading not
+/// stopped), with the reason in the body when not.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
-    if state.store.ready().is_open() {
+    if state.health.is_serving() {
         return (StatusCode::OK, "ready\n".into());
     }
     let mut body = String::from("not ready\n");
+    if let Some(reason) = state.store.loading_stopped() {
+        body.push_str(reason);
+        body.push('\n');
+    }
     for table in state.store.tables() {
         let p = table.progress();
         body.push_str(&format!(

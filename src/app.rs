@@ -1,19 +1,19 @@
 //! Wires ingest, store, gRPC and admin together and runs them until shutdown.
 //!
-//! Shutdown order: health NOT_SERVING (probes and clients move away), stop accepting and let
-//! in-flight calls finish within the grace period, stop ingest, and close the admin listener
+//! Shutdown order: health NOT_SERVING (probes and clients move away), keep answering for
+//! `--shutdown-delay` (an app that got the same SIGTERM drains through us), stop accepting and
+//! let in-flight calls finish within the grace period, stop ingest, and close the admin listener
 //! last so metrics stay scrapeable throughout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::grpc::{CacheService, ServingRuntime, HEALTH_SERVICES};
+use crate::grpc::{CacheService, ServingRuntime};
+use crate::health::Health;
 use crate::ingest::{self, IngestError};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
@@ -36,10 +36,15 @@ pub enum AppError {
 
 /// Runs the sidecar on already-bound listeners until `shutdown` is cancelled or ingest fails.
 pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AppError> {
-    let store = Arc::new(Store::new(&config.tables));
+    for deprecation in &config.deprecations {
+        warn!("{deprecation}");
+    }
+    let memory_limit = config
+        .memory_limit
+        .or_else(crate::resources::container_memory_limit);
+    let store = Arc::new(Store::with_memory_limit(&config.tables, memory_limit));
     let metrics = Metrics::new();
-    let health = HealthReporter::new();
-    set_health(&health, ServingStatus::NotServing).await;
+    let health = Health::new().await;
 
     let grpc_runtime = ServingRuntime::start().map_err(AppError::GrpcThread)?;
 
@@ -62,14 +67,29 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     });
     let grpc_stop = CancellationToken::new();
     let mut grpc = grpc_runtime.spawn({
-        let cache = CacheService::new(store.clone(), metrics.clone(), config.max_multiget_keys);
+        let cache = CacheService::new(
+            store.clone(),
+            metrics.clone(),
+            config.max_multiget_keys,
+            config.grpc_max_message_bytes,
+        );
         let health = health.clone();
         let stop = grpc_stop.clone().cancelled_owned();
         let max_bytes = config.grpc_max_message_bytes;
-        async move { crate::grpc::serve(listeners.grpc, cache, &health, max_bytes, stop).await }
+        async move { crate::grpc::serve(listeners.grpc, cache, health.reporter(), max_bytes, stop).await }
     });
     let announce = tokio::spawn(announce_ready(store.clone(), health.clone(), stopping.clone()));
     tokio::spawn(metrics_upkeep(metrics.clone(), stopping.clone()));
+    if let Some(threshold) = crate::memory_guard::threshold(memory_limit, config.memory_limit_ratio) {
+        let (store, health, stopping) = (store.clone(), health.clone(), stopping.clone());
+        let limit = memory_limit.unwrap_or_default();
+        tokio::spawn(async move {
+            crate::memory_guard::run(store.clone(), limit, threshold, stopping.clone()).await;
+            if store.loading_stopped().is_some() && !stopping.is_cancelled() {
+                health.set(false).await;
+            }
+        });
+    }
 
     let grpc_early_exit = tokio::select! {
         _ = shutdown.cancelled() => None,
@@ -80,8 +100,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     stopping.cancel();
     // Wait for the readiness announcement to settle, so SERVING cannot land after NOT_SERVING.
     let _ = announce.await;
-    set_health(&health, ServingStatus::NotServing).await;
-    let grpc_result = match grpc_early_exit {
+    health.set(false).await;
+    let mut grpc_result = grpc_early_exit;
+    if grpc_result.is_none() && !config.shutdown_delay.is_zero() && !ingest_failed.is_cancelled() {
+        info!(delay = ?config.shutdown_delay, "still answering while the app drains (--shutdown-delay)");
+        tokio::select! {
+            _ = tokio::time::sleep(config.shutdown_delay) => {}
+            result = &mut grpc => grpc_result = Some(result),
+        }
+    }
+    let grpc_result = match grpc_result {
         Some(result) => result,
         None => {
             grpc_stop.cancel();
@@ -118,19 +146,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     Ok(())
 }
 
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        health.set_service_status(service, status).await;
-    }
-}
-
 /// Flips health to SERVING once every table has caught up, unless shutdown came first.
-async fn announce_ready(store: Arc<Store>, health: HealthReporter, stopping: CancellationToken) {
+async fn announce_ready(store: Arc<Store>, health: Health, stopping: CancellationToken) {
     tokio::select! {
         _ = store.ready().wait() => {}
         _ = stopping.cancelled() => return,
     }
-    set_health(&health, ServingStatus::Serving).await;
+    if store.loading_stopped().is_some() {
+        return; // the memory guard said NOT_SERVING, and it stays so
+    }
+    health.set(true).await;
     let entries: usize = store.tables().iter().map(|t| t.len()).sum();
     info!(
         tables = store.tables().len(),

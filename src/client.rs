@@ -1,22 +1,34 @@
-//! `cdc-cache get` and `cdc-cache status`: a small gRPC client for people and scripts.
+//! `cdc-cache get`, `status` and `wait`: a small gRPC client for people and scripts.
 //!
-//! `get` with one key prints the bare value; with several, `KEY<TAB>VALUE` lines. Missing keys
-//! are reported on stderr and make the exit code 1, so scripts can test for presence.
+//! `get` with one key prints the bare value; with several, `KEY<TAB>VALUE` lines; with
+//! `--output json`, one JSON object per key. Missing keys are reported on stderr and make the
+//! exit code 1, so scripts can test for presence. `wait` returns once the server is ready.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use base64::Engine;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
-use crate::config::{ClientArgs, GetArgs, ListenAddr};
+use crate::cli::{ClientArgs, GetArgs, KeyFormat, Output, WaitArgs};
+use crate::clock::now_ms;
+use crate::config::ListenAddr;
 use crate::proto::cache_client::CacheClient;
-use crate::proto::{GetRequest, MultiGetRequest, StatusRequest, StatusResponse};
+use crate::proto::{GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse};
+
+/// How often `wait` asks again.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("--addr {addr:?}: {reason}")]
     Addr { addr: String, reason: String },
+    #[error("key {key:?}: {reason} (--key-format)")]
+    Key { key: String, reason: String },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -70,13 +82,17 @@ pub async fn channel(addr: &str) -> Result<Channel, ClientError> {
 
 /// Prints the values of `args.keys`; returns false when any key was missing.
 pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
+    let keys = args
+        .keys
+        .iter()
+        .map(|key| decode_key(key, args.key_format))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut client = connect(&args.client.addr).await?;
-    let mut out = std::io::stdout().lock();
-    if let [key] = args.keys.as_slice() {
+    let results = if let [key] = keys.as_slice() {
         let response = client
             .get(GetRequest {
                 table: args.table.clone(),
-                key: key.clone().into_bytes().into(),
+                key: key.clone().into(),
             })
             .await
             .map_err(|status| ClientError::Call {
@@ -84,38 +100,129 @@ pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
                 status,
             })?
             .into_inner();
-        if !response.found {
-            eprintln!("not found: {key}");
-            return Ok(false);
-        }
-        out.write_all(&response.value)?;
-        out.write_all(b"\n")?;
-        return Ok(true);
-    }
-    let response = client
-        .multi_get(MultiGetRequest {
-            table: args.table.clone(),
-            keys: args.keys.iter().map(|k| k.clone().into_bytes().into()).collect(),
-        })
-        .await
-        .map_err(|status| ClientError::Call {
-            method: "MultiGet",
-            status,
-        })?
-        .into_inner();
+        vec![response]
+    } else {
+        client
+            .multi_get(MultiGetRequest {
+                table: args.table.clone(),
+                keys: keys.iter().map(|k| k.clone().into()).collect(),
+            })
+            .await
+            .map_err(|status| ClientError::Call {
+                method: "MultiGet",
+                status,
+            })?
+            .into_inner()
+            .results
+    };
+    let mut out = std::io::stdout().lock();
     let mut all_found = true;
-    for (key, result) in args.keys.iter().zip(&response.results) {
-        if result.found {
-            out.write_all(key.as_bytes())?;
-            out.write_all(b"\t")?;
-            out.write_all(&result.value)?;
-            out.write_all(b"\n")?;
-        } else {
-            eprintln!("not found: {key}");
-            all_found = false;
+    let single = args.keys.len() == 1;
+    for (key, result) in args.keys.iter().zip(&results) {
+        all_found &= result.found;
+        match args.output {
+            Output::Json => {
+                serde_json::to_writer(&mut out, &json_line(key, result)).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
+            Output::Text if !result.found => eprintln!("not found: {key}"),
+            Output::Text => {
+                if !single {
+                    out.write_all(key.as_bytes())?;
+                    out.write_all(b"\t")?;
+                }
+                out.write_all(&result.value)?;
+                out.write_all(b"\n")?;
+            }
         }
     }
     Ok(all_found)
+}
+
+/// A KEY argument as the bytes to ask for.
+fn decode_key(key: &str, format: KeyFormat) -> Result<Vec<u8>, ClientError> {
+    let bad = |reason: String| ClientError::Key {
+        key: key.to_string(),
+        reason,
+    };
+    match format {
+        KeyFormat::Utf8 => Ok(key.as_bytes().to_vec()),
+        KeyFormat::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|e| bad(format!("not base64: {e}"))),
+        KeyFormat::Hex => {
+            let digits = key.as_bytes();
+            if !digits.len().is_multiple_of(2) {
+                return Err(bad("odd number of hex digits".into()));
+            }
+            digits
+                .chunks(2)
+                .map(|pair| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                        .ok_or_else(|| bad(format!("not hex: {:?}", String::from_utf8_lossy(pair))))
+                })
+                .collect()
+        }
+    }
+}
+
+/// One `--output json` line. The value is a string when it is UTF-8 text and base64 otherwise
+/// (`value_base64`), so binary values of raw tables survive.
+fn json_line(key: &str, result: &GetResponse) -> serde_json::Value {
+    let mut line = serde_json::json!({ "key": key, "found": result.found });
+    if result.found {
+        match std::str::from_utf8(&result.value) {
+            Ok(text) => line["value"] = text.into(),
+            Err(_) => {
+                line["value_base64"] = base64::engine::general_purpose::STANDARD
+                    .encode(&result.value)
+                    .into()
+            }
+        }
+        line["partition"] = result.partition.into();
+        line["offset"] = result.offset.into();
+        line["timestamp_ms"] = result.timestamp_ms.into();
+    }
+    line
+}
+
+/// Waits until the server's health service says SERVING; false when `args.timeout` passed
+/// first. Connection failures are retried: the server may not be listening yet.
+pub async fn wait(args: &WaitArgs) -> Result<bool, ClientError> {
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut last_state = String::new();
+    loop {
+        let state = match channel(&args.client.addr).await {
+            Ok(channel) => match HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                    return Ok(true)
+                }
+                Ok(_) => "not ready yet".to_string(),
+                Err(status) => format!("health check failed: {}", status.message()),
+            },
+            Err(e @ ClientError::Addr { .. }) => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        if state != last_state {
+            eprintln!("waiting for cdc-cache at {}: {state}", args.client.addr);
+            last_state = state;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "cdc-cache at {} not ready within {:?}",
+                args.client.addr, args.timeout
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(WAIT_POLL_INTERVAL.min(deadline - tokio::time::Instant::now())).await;
+    }
 }
 
 /// Prints a table of per-table and per-partition progress.
@@ -136,23 +243,26 @@ pub async fn status(args: &ClientArgs) -> Result<(), ClientError> {
 }
 
 fn render_status(status: &StatusResponse) -> String {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = now_ms();
     let mut out = format!(
-        "ready: {}  up: {}\n",
+        "ready: {}  up: {}  resident memory: {}  limit: {}\n",
         yes_no(status.ready),
-        seconds(now_ms - status.started_at_ms)
+        seconds(now_ms - status.started_at_ms),
+        mebibytes(status.resident_memory_bytes),
+        match status.memory_limit_bytes {
+            0 => "none".to_string(),
+            limit => mebibytes(limit),
+        }
     );
     for t in &status.tables {
         out.push_str(&format!(
-            "\ntable {} (topic {}, {}): ready={} entries={} memory={}B skipped={} broker_silence={} bootstrap={}\n",
+            "\ntable {} (topic {}, {}): ready={} entries={} data={}B skipped={} broker_silence={} bootstrap={}\n",
             t.table,
             t.topic,
             t.format,
             yes_no(t.ready),
             t.entries,
-            t.memory_bytes,
+            t.data_bytes,
             t.skipped_records,
             seconds(t.broker_silence_ms),
             seconds(t.bootstrap_duration_ms),
@@ -188,6 +298,10 @@ fn yes_no(value: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 fn seconds(ms: i64) -> String {

@@ -1,9 +1,10 @@
-//! Command line and environment, validated into typed values.
+//! The validated configuration of `serve` (and `demo`): typed values checked once at start-up,
+//! so a bad flag fails with its name before anything runs. The clap types live in [`crate::cli`].
 //!
-//! Every flag is also an environment variable (`CDC_CACHE_<FLAG>`) because Kubernetes configures
-//! containers through env. librdkafka settings come from `--kafka-option KEY=VALUE` or from
-//! `CDC_CACHE_KAFKA_<KEY>` variables (`CDC_CACHE_KAFKA_SASL_PASSWORD` -> `sasl.password`), so a
-//! secret can be injected with `secretKeyRef` without ever appearing in a command line.
+//! librdkafka settings come from `--kafka-option KEY=VALUE`, from `CDC_CACHE_KAFKA_OPTIONS`, or
+//! from one `CDC_CACHE_KAFKA_<KEY>` variable each (`CDC_CACHE_KAFKA_SASL_PASSWORD` ->
+//! `sasl.password`), so a secret can be injected with `secretKeyRef` without ever appearing in a
+//! command line.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -12,192 +13,19 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
+
+use crate::cli::ServeOptions;
+use crate::format::Format;
+use crate::ingest::kafka_config;
 
 /// Prefix of the env vars that carry one librdkafka property each.
 pub const KAFKA_ENV_PREFIX: &str = "CDC_CACHE_KAFKA_";
-const KAFKA_OPTIONS_ENV: &str = "CDC_CACHE_KAFKA_OPTIONS";
-
-/// librdkafka properties that cdc-cache sets itself because its guarantees depend on them.
-const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "use --brokers"),
-    (
-        "enable.partition.eof",
-        "readiness depends on end-of-partition events",
-    ),
-    (
-        "enable.auto.commit",
-        "the log is the state; cdc-cache never commits offsets",
-    ),
-    (
-        "enable.auto.offset.store",
-        "the log is the state; cdc-cache never commits offsets",
-    ),
-    ("auto.offset.reset", "every partition is read from its beginning"),
-    (
-        "isolation.level",
-        "aborted transactions must never reach the cache",
-    ),
-];
-
-#[derive(Debug, Parser)]
-#[command(name = "cdc-cache", version, about, propagate_version = true)]
-pub struct Cli {
-    /// Log output: `text` for people, `json` for log pipelines.
-    #[arg(long, env = "CDC_CACHE_LOG_FORMAT", global = true, default_value = "text")]
-    pub log_format: LogFormat,
-
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Load compacted topics into memory and serve them over gRPC.
-    Serve(ServeArgs),
-    /// Run against an embedded Kafka mock seeded with a sample table; nothing else needed.
-    Demo(DemoArgs),
-    /// Look keys up in a running cdc-cache and print their values.
-    Get(GetArgs),
-    /// Print the bootstrap and tailing progress of a running cdc-cache.
-    Status(ClientArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "CDC_CACHE_BROKERS", value_name = "HOST:PORT[,...]")]
-    pub brokers: String,
-
-    /// A compacted topic to cache, optionally with a table name and a format
-    /// (`orders`, `orders=orders_v1`, `dbz.public.orders=orders:debezium`). Repeatable; the env var
-    /// takes a comma-separated list.
-    #[arg(
-        long = "topic",
-        env = "CDC_CACHE_TOPICS",
-        value_name = "TOPIC[=TABLE][:FORMAT]",
-        value_delimiter = ','
-    )]
-    pub topics: Vec<String>,
-
-    #[command(flatten)]
-    pub options: ServeOptions,
-}
-
-/// Options shared by `serve` and `demo`.
-#[derive(Debug, Args)]
-pub struct ServeOptions {
-    /// How record keys and values are decoded, for topics that name no format.
-    #[arg(long, env = "CDC_CACHE_FORMAT", default_value = "raw")]
-    pub format: Format,
-
-    /// gRPC address: HOST:PORT, or `unix:/path` for a unix socket (created with mode 0600).
-    #[arg(long, env = "CDC_CACHE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: String,
-
-    /// Allow --grpc-listen on a non-loopback address (the cache holds the app's data).
-    #[arg(long, env = "CDC_CACHE_ALLOW_REMOTE")]
-    pub allow_remote: bool,
-
-    /// Admin HTTP address: /metrics, /healthz, /readyz and the gRPC health service.
-    #[arg(long, env = "CDC_CACHE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    pub metrics_listen: String,
-
-    /// A librdkafka property (TLS, SASL, timeouts). Repeatable. Also settable one per env var as
-    /// CDC_CACHE_KAFKA_<KEY> with dots as underscores, e.g. CDC_CACHE_KAFKA_SASL_PASSWORD.
-    #[arg(
-        long = "kafka-option",
-        env = KAFKA_OPTIONS_ENV,
-        value_name = "KEY=VALUE",
-        value_delimiter = ','
-    )]
-    pub kafka_options: Vec<String>,
-
-    /// Most keys accepted in one MultiGet.
-    #[arg(long, env = "CDC_CACHE_MAX_MULTIGET_KEYS", default_value_t = 10_000)]
-    pub max_multiget_keys: usize,
-
-    /// Largest gRPC message sent or received, in bytes (values of several MB must fit).
-    #[arg(long, env = "CDC_CACHE_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub grpc_max_message_bytes: usize,
-
-    /// How long in-flight gRPC calls may take to finish after SIGTERM.
-    #[arg(long, env = "CDC_CACHE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-
-    /// How often topics are checked for partitions added since start-up.
-    #[arg(long, env = "CDC_CACHE_PARTITION_DISCOVERY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub partition_discovery_interval: Duration,
-
-    /// What an undecodable record does: `skip` counts and logs it, `fail` stops the sidecar.
-    #[arg(long, env = "CDC_CACHE_ON_DECODE_ERROR", default_value = "skip")]
-    pub on_decode_error: OnDecodeError,
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Rows in the sample table.
-    #[arg(long, env = "CDC_CACHE_DEMO_ROWS", default_value_t = 5_000)]
-    pub rows: u32,
-
-    /// Seconds between live updates written to the sample topic while serving (0: none).
-    #[arg(long, env = "CDC_CACHE_DEMO_UPDATE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub update_interval: Duration,
-
-    #[command(flatten)]
-    pub options: ServeOptions,
-}
-
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Address of the cdc-cache gRPC listener (HOST:PORT or unix:/path).
-    #[arg(long, env = "CDC_CACHE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub addr: String,
-}
-
-#[derive(Debug, Args)]
-pub struct GetArgs {
-    /// Table to read; may be omitted when the server has a single table.
-    #[arg(long, default_value = "")]
-    pub table: String,
-
-    /// Keys to look up (UTF-8). One key prints the bare value; several print KEY<TAB>VALUE lines.
-    #[arg(required = true, value_name = "KEY")]
-    pub keys: Vec<String>,
-
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// How a topic's records are decoded into keys and values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Key and value bytes stored as they are; a null value deletes.
-    Raw,
-    /// Debezium change events (JSON); keys are the primary key as compact JSON.
-    Debezium,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Debezium => "debezium",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The env var with several comma-separated librdkafka properties.
+pub const KAFKA_OPTIONS_ENV: &str = "CDC_CACHE_KAFKA_OPTIONS";
+/// Set by the Helm chart from the downward API; names the pod in the Kafka client id.
+const POD_NAME_ENV: &str = "POD_NAME";
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnDecodeError {
@@ -251,14 +79,25 @@ pub struct Config {
     pub brokers: String,
     pub tables: Vec<TableConfig>,
     pub grpc_listen: ListenAddr,
-    pub metrics_listen: SocketAddr,
+    /// Permission bits of a unix socket.
+    pub grpc_socket_mode: u32,
+    pub admin_listen: SocketAddr,
     /// librdkafka properties from the user, applied over cdc-cache's defaults.
     pub kafka_options: BTreeMap<String, String>,
+    /// The librdkafka `client.id` of every table's consumer.
+    pub client_id: String,
     pub max_multiget_keys: usize,
     pub grpc_max_message_bytes: usize,
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub partition_discovery_interval: Duration,
     pub on_decode_error: OnDecodeError,
+    /// Share of the memory limit at which loading stops; 0 for never.
+    pub memory_limit_ratio: f64,
+    /// The memory limit given by flag; None: the container's (cgroup) limit.
+    pub memory_limit: Option<u64>,
+    /// Deprecated spellings that were used, each with what replaces it; logged at start-up.
+    pub deprecations: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -275,41 +114,36 @@ pub enum ConfigError {
         "--grpc-listen {0}: not a loopback address; the cache holds the app's data, so pass --allow-remote (CDC_CACHE_ALLOW_REMOTE=true) to expose it"
     )]
     RemoteWithoutOptIn(SocketAddr),
-    #[error("--metrics-listen {value:?}: expected HOST:PORT with a numeric IP (e.g. 0.0.0.0:9464)")]
-    MetricsListen { value: String },
+    #[error("--grpc-socket-mode {value:?}: expected octal permission bits such as 0660 or 0600")]
+    SocketMode { value: String },
+    #[error("{flag} {value:?}: expected HOST:PORT with a numeric IP (e.g. [::]:9464 or 0.0.0.0:9464)")]
+    AdminListen { flag: &'static str, value: String },
     #[error("--kafka-option {value:?}: expected KEY=VALUE")]
     KafkaOptionSyntax { value: String },
     #[error("--kafka-option {key}: set by cdc-cache itself ({reason})")]
     KafkaOptionReserved { key: String, reason: &'static str },
+    #[error("--client-id: empty")]
+    ClientId,
     #[error("--max-multiget-keys: must be at least 1")]
     MaxMultigetKeys,
     #[error("--grpc-max-message-bytes: must be at least 1024")]
     GrpcMaxMessageBytes,
     #[error("--partition-discovery-interval: must be at least 1s")]
     DiscoveryInterval,
-}
-
-impl ServeArgs {
-    /// Validates the arguments. `env` is the process environment, passed in so that tests never
-    /// have to mutate the real one; only `CDC_CACHE_KAFKA_*` entries are read from it.
-    pub fn into_config(self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        if self.brokers.trim().is_empty() {
-            return Err(ConfigError::NoBrokers);
-        }
-        let tables = parse_topics(&self.topics, self.options.format)?;
-        self.options
-            .into_config(self.brokers.trim().to_string(), tables, env)
-    }
+    #[error("--memory-limit-ratio {0}: expected 0 (off) or a share between 0.1 and 1")]
+    MemoryLimitRatio(String),
 }
 
 impl ServeOptions {
     /// Validates the options for the given brokers and tables (the demo supplies its own).
+    /// `env` is the process environment: `CDC_CACHE_KAFKA_*` and `POD_NAME` are read from it.
     pub fn into_config(
         self,
         brokers: String,
         tables: Vec<TableConfig>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let grpc_listen: ListenAddr = self
             .grpc_listen
             .parse()
@@ -322,12 +156,26 @@ impl ServeOptions {
                 return Err(ConfigError::RemoteWithoutOptIn(addr));
             }
         }
-        let metrics_listen = self
-            .metrics_listen
-            .parse()
-            .map_err(|_| ConfigError::MetricsListen {
-                value: self.metrics_listen.clone(),
+        let grpc_socket_mode =
+            parse_socket_mode(&self.grpc_socket_mode).ok_or_else(|| ConfigError::SocketMode {
+                value: self.grpc_socket_mode.clone(),
             })?;
+        let mut deprecations = Vec::new();
+        let (flag, admin) = match (self.admin_listen, self.metrics_listen) {
+            (Some(admin), _) => ("--admin-listen", admin),
+            (None, Some(old)) => {
+                deprecations.push(
+                    "--metrics-listen (CDC_CACHE_METRICS_LISTEN) is deprecated: use --admin-listen (CDC_CACHE_ADMIN_LISTEN)"
+                        .to_string(),
+                );
+                ("--metrics-listen", old)
+            }
+            (None, None) => ("--admin-listen", DEFAULT_ADMIN_ADDR.to_string()),
+        };
+        let admin_listen = admin.parse().map_err(|_| ConfigError::AdminListen {
+            flag,
+            value: admin.clone(),
+        })?;
         if self.max_multiget_keys == 0 {
             return Err(ConfigError::MaxMultigetKeys);
         }
@@ -337,19 +185,42 @@ impl ServeOptions {
         if self.partition_discovery_interval < Duration::from_secs(1) {
             return Err(ConfigError::DiscoveryInterval);
         }
+        let ratio = self.memory_limit_ratio;
+        if !(ratio == 0.0 || (0.1..=1.0).contains(&ratio)) {
+            return Err(ConfigError::MemoryLimitRatio(ratio.to_string()));
+        }
+        let client_id = match self.client_id {
+            Some(id) if id.trim().is_empty() => return Err(ConfigError::ClientId),
+            Some(id) => id.trim().to_string(),
+            None => match env.iter().find(|(k, v)| k == POD_NAME_ENV && !v.is_empty()) {
+                Some((_, pod)) => format!("cdc-cache-{pod}"),
+                None => "cdc-cache".to_string(),
+            },
+        };
         Ok(Config {
             brokers,
             tables,
             grpc_listen,
-            metrics_listen,
+            grpc_socket_mode,
+            admin_listen,
             kafka_options: kafka_options(&self.kafka_options, env)?,
+            client_id,
             max_multiget_keys: self.max_multiget_keys,
             grpc_max_message_bytes: self.grpc_max_message_bytes,
+            shutdown_delay: self.shutdown_delay,
             shutdown_grace: self.shutdown_grace,
             partition_discovery_interval: self.partition_discovery_interval,
             on_decode_error: self.on_decode_error,
+            memory_limit_ratio: ratio,
+            memory_limit: self.memory_limit,
+            deprecations,
         })
     }
+}
+
+fn parse_socket_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8).ok().filter(|mode| *mode <= 0o777)
 }
 
 /// Parses `TOPIC[=TABLE][:FORMAT]` specs. Kafka topic names never contain `=` or `:`, so the
@@ -419,33 +290,35 @@ fn validate_topic_name(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Merges `CDC_CACHE_KAFKA_<KEY>` env vars with `--kafka-option` flags (flags win).
+/// Merges the three sources of librdkafka options; later sources win: `CDC_CACHE_KAFKA_<KEY>`
+/// variables, then `CDC_CACHE_KAFKA_OPTIONS`, then `--kafka-option` flags.
 fn kafka_options(
     flags: &[String],
-    env: impl IntoIterator<Item = (String, String)>,
+    env: Vec<(String, String)>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut options = BTreeMap::new();
+    let mut list = None;
     for (name, value) in env {
         if name == KAFKA_OPTIONS_ENV {
-            continue;
-        }
-        if let Some(key) = name.strip_prefix(KAFKA_ENV_PREFIX) {
+            list = Some(value);
+        } else if let Some(key) = name.strip_prefix(KAFKA_ENV_PREFIX) {
             if !key.is_empty() {
                 options.insert(key.to_ascii_lowercase().replace('_', "."), value);
             }
         }
     }
-    for flag in flags.iter().filter(|f| !f.trim().is_empty()) {
-        let (key, value) = flag
+    let listed = list.as_deref().map(split_option_list).unwrap_or_default();
+    for option in listed.iter().chain(flags).filter(|o| !o.trim().is_empty()) {
+        let (key, value) = option
             .split_once('=')
             .filter(|(key, _)| !key.trim().is_empty())
             .ok_or_else(|| ConfigError::KafkaOptionSyntax {
-                value: redact_option_text(flag),
+                value: redact_option_text(option),
             })?;
         options.insert(key.trim().to_string(), value.to_string());
     }
     for key in options.keys() {
-        if let Some((_, reason)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| k == key) {
+        if let Some(reason) = kafka_config::refusal(key) {
             return Err(ConfigError::KafkaOptionReserved {
                 key: key.clone(),
                 reason,
@@ -455,29 +328,46 @@ fn kafka_options(
     Ok(options)
 }
 
-/// True for librdkafka properties whose values must never be logged.
-pub fn is_secret_kafka_key(key: &str) -> bool {
-    ["password", "secret", "jaas", "pem", "token", "key"]
-        .iter()
-        .any(|word| key.contains(word))
+/// Splits `CDC_CACHE_KAFKA_OPTIONS` at commas; `\,` is a comma inside a value and `\\` a
+/// backslash.
+fn split_option_list(list: &str) -> Vec<String> {
+    let mut options = vec![String::new()];
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next @ (',' | '\\')) => options.last_mut().expect("never empty").push(next),
+                Some(other) => {
+                    let current = options.last_mut().expect("never empty");
+                    current.push('\\');
+                    current.push(other);
+                }
+                None => options.last_mut().expect("never empty").push('\\'),
+            },
+            ',' => options.push(String::new()),
+            c => options.last_mut().expect("never empty").push(c),
+        }
+    }
+    options
 }
 
 /// A malformed option may still hold a secret: show only what precedes any '='.
 fn redact_option_text(flag: &str) -> String {
     match flag.split_once('=') {
         Some((key, _)) => format!("{key}=<redacted>"),
-        None if flag.len() > 40 || is_secret_kafka_key(&flag.to_ascii_lowercase()) => "<redacted>".into(),
+        None if flag.len() > 40 || kafka_config::is_secret_key(&flag.to_ascii_lowercase()) => {
+            "<redacted>".into()
+        }
         None => flag.to_string(),
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 2m)"))
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::{Cli, Command};
 
     fn serve(args: &[&str]) -> Result<Config, String> {
         serve_with_env(args, &[])
@@ -509,7 +399,12 @@ mod tests {
             config.grpc_listen,
             ListenAddr::Tcp("127.0.0.1:50051".parse().unwrap())
         );
-        assert_eq!(config.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(config.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(config.grpc_socket_mode, 0o660);
+        assert_eq!(config.client_id, "cdc-cache");
+        assert_eq!(config.shutdown_delay, Duration::ZERO);
+        assert_eq!(config.memory_limit_ratio, 0.9);
+        assert!(config.deprecations.is_empty());
         assert_eq!(config.max_multiget_keys, 10_000);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.on_decode_error, OnDecodeError::Skip);
@@ -636,8 +531,20 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.starts_with("--grpc-listen \"localhost:1\""), "{err}");
-        let err = serve(&["--brokers", "k:9092", "--topic", "a", "--metrics-listen", "nope"]).unwrap_err();
-        assert!(err.starts_with("--metrics-listen \"nope\""), "{err}");
+        let err = serve(&["--brokers", "k:9092", "--topic", "a", "--admin-listen", "nope"]).unwrap_err();
+        assert!(err.starts_with("--admin-listen \"nope\""), "{err}");
+        let err = serve(&[
+            "--brokers",
+            "k:9092",
+            "--topic",
+            "a",
+            "--grpc-socket-mode",
+            "0999",
+        ])
+        .unwrap_err();
+        assert!(err.starts_with("--grpc-socket-mode \"0999\""), "{err}");
+        let config = serve(&["--brokers", "k:9092", "--topic", "a", "--grpc-socket-mode", "600"]).unwrap();
+        assert_eq!(config.grpc_socket_mode, 0o600);
     }
 
     #[test]
@@ -712,17 +619,130 @@ mod tests {
     }
 
     #[test]
-    fn secret_keys_are_recognised() {
-        for key in [
-            "sasl.password",
-            "ssl.key.password",
-            "sasl.oauthbearer.client.secret",
-            "ssl.key.pem",
-        ] {
-            assert!(is_secret_kafka_key(key), "{key}");
+    fn the_old_admin_flag_and_env_var_still_work_and_are_reported_as_deprecated() {
+        let config = serve(&[
+            "--brokers",
+            "k",
+            "--topic",
+            "a",
+            "--metrics-listen",
+            "0.0.0.0:9000",
+        ])
+        .unwrap();
+        assert_eq!(config.admin_listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.deprecations.len(), 1);
+        assert!(
+            config.deprecations[0].contains("--admin-listen"),
+            "{:?}",
+            config.deprecations
+        );
+        let err = serve(&["--brokers", "k", "--topic", "a", "--metrics-listen", "bad"]).unwrap_err();
+        assert!(err.starts_with("--metrics-listen \"bad\""), "{err}");
+        let config = serve(&[
+            "--brokers",
+            "k",
+            "--topic",
+            "a",
+            "--metrics-listen",
+            "0.0.0.0:9000",
+            "--admin-listen",
+            "[::]:9001",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.admin_listen,
+            "[::]:9001".parse().unwrap(),
+            "the new name wins"
+        );
+    }
+
+    #[test]
+    fn a_kafka_option_flag_is_taken_whole_and_the_list_variable_has_an_escape() {
+        let config = serve_with_env(
+            &[
+                "--brokers",
+                "k",
+                "--topic",
+                "a",
+                "--kafka-option",
+                "debug=broker,fetch",
+            ],
+            &[(
+                "CDC_CACHE_KAFKA_OPTIONS",
+                r"ssl.cipher.suites=A\,B,security.protocol=SSL,sasl.username=x\\y",
+            )],
+        )
+        .unwrap();
+        let got: Vec<_> = config
+            .kafka_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("debug", "broker,fetch"),
+                ("sasl.username", r"x\y"),
+                ("security.protocol", "SSL"),
+                ("ssl.cipher.suites", "A,B"),
+            ]
+        );
+        // The list variable is not an option of its own.
+        assert!(!config.kafka_options.contains_key("options"));
+    }
+
+    #[test]
+    fn kafka_option_sources_override_in_order() {
+        let config = serve_with_env(
+            &[
+                "--brokers",
+                "k",
+                "--topic",
+                "a",
+                "--kafka-option",
+                "fetch.wait.max.ms=30",
+            ],
+            &[
+                ("CDC_CACHE_KAFKA_FETCH_WAIT_MAX_MS", "10"),
+                ("CDC_CACHE_KAFKA_SOCKET_TIMEOUT_MS", "1000"),
+                (
+                    "CDC_CACHE_KAFKA_OPTIONS",
+                    "fetch.wait.max.ms=20,socket.timeout.ms=2000",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.kafka_options["fetch.wait.max.ms"], "30");
+        assert_eq!(config.kafka_options["socket.timeout.ms"], "2000");
+    }
+
+    #[test]
+    fn client_id_comes_from_the_flag_or_the_pod_name() {
+        let config = serve_with_env(
+            &["--brokers", "k", "--topic", "a"],
+            &[("POD_NAME", "orders-7f9c")],
+        )
+        .unwrap();
+        assert_eq!(config.client_id, "cdc-cache-orders-7f9c");
+        let config = serve_with_env(
+            &["--brokers", "k", "--topic", "a", "--client-id", "orders-app"],
+            &[("POD_NAME", "orders-7f9c")],
+        )
+        .unwrap();
+        assert_eq!(config.client_id, "orders-app");
+        let err = serve(&["--brokers", "k", "--topic", "a", "--client-id", " "]).unwrap_err();
+        assert!(err.starts_with("--client-id"), "{err}");
+    }
+
+    #[test]
+    fn shutdown_delay_and_memory_ratio_are_checked() {
+        let config = serve(&["--brokers", "k", "--topic", "a", "--shutdown-delay", "5s"]).unwrap();
+        assert_eq!(config.shutdown_delay, Duration::from_secs(5));
+        for bad in ["1.5", "0.05", "2"] {
+            let err = serve(&["--brokers", "k", "--topic", "a", "--memory-limit-ratio", bad]).unwrap_err();
+            assert!(err.contains("--memory-limit-ratio"), "{bad}: {err}");
         }
-        for key in ["security.protocol", "sasl.username", "socket.timeout.ms"] {
-            assert!(!is_secret_kafka_key(key), "{key}");
-        }
+        let config = serve(&["--brokers", "k", "--topic", "a", "--memory-limit-ratio", "0"]).unwrap();
+        assert_eq!(config.memory_limit_ratio, 0.0);
     }
 }

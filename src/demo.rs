@@ -13,7 +13,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{ConfigError, DemoArgs, Format, ListenAddr, TableConfig};
+use crate::cli::DemoArgs;
+use crate::config::{ConfigError, ListenAddr, TableConfig};
+use crate::format::Format;
 use crate::listeners::{BindError, Listeners};
 
 pub const TOPIC: &str = "demo.public.customers";
@@ -54,7 +56,7 @@ pub async fn run(
         source,
     })?;
     let admin_addr = listeners.admin_addr().map_err(|source| BindError::Admin {
-        addr: config.metrics_listen,
+        addr: config.admin_listen,
         source,
     })?;
 

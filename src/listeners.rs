@@ -1,12 +1,17 @@
 //! Binding the two listeners before anything else starts, so an unusable address fails start-up
 //! with the flag named, and tests can bind port 0 and read the real address back.
+//!
+//! The admin listener on `[::]` is dual-stack (IPv6 and IPv4-mapped), which serves IPv4,
+//! IPv6-only and dual-stack clusters alike; where the kernel has no IPv6 at all it falls back to
+//! `0.0.0.0` with a warning instead of failing.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
+use tracing::warn;
 
 use crate::config::{Config, ListenAddr};
 
@@ -16,7 +21,7 @@ pub enum BindError {
     Grpc { addr: ListenAddr, source: io::Error },
     #[error("--grpc-listen {addr}: another process is serving on this socket")]
     SocketInUse { addr: ListenAddr },
-    #[error("--metrics-listen {addr}: {source}")]
+    #[error("--admin-listen {addr}: {source}")]
     Admin { addr: SocketAddr, source: io::Error },
 }
 
@@ -33,13 +38,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
-        let grpc = bind_grpc(&config.grpc_listen).await?;
-        let admin = TcpListener::bind(config.metrics_listen)
-            .await
-            .map_err(|source| BindError::Admin {
-                addr: config.metrics_listen,
-                source,
-            })?;
+        let grpc = bind_grpc(&config.grpc_listen, config.grpc_socket_mode).await?;
+        let admin = bind_admin(config.admin_listen).await?;
         Ok(Self { grpc, admin })
     }
 
@@ -56,7 +56,31 @@ impl Listeners {
     }
 }
 
-async fn bind_grpc(addr: &ListenAddr) -> Result<GrpcListener, BindError> {
+async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    match TcpListener::bind(addr).await {
+        Err(source) if addr.ip().is_unspecified() && addr.is_ipv6() && no_ipv6(&source) => {
+            let fallback = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+            warn!(%addr, %fallback, error = %source, "no IPv6 on this host; admin listener on IPv4 only");
+            TcpListener::bind(fallback)
+                .await
+                .map_err(|source| BindError::Admin {
+                    addr: fallback,
+                    source,
+                })
+        }
+        result => result.map_err(|source| BindError::Admin { addr, source }),
+    }
+}
+
+/// The errors a kernel without IPv6 gives for binding `[::]`.
+fn no_ipv6(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+async fn bind_grpc(addr: &ListenAddr, socket_mode: u32) -> Result<GrpcListener, BindError> {
     let error = |source| BindError::Grpc {
         addr: addr.clone(),
         source,
@@ -72,8 +96,9 @@ async fn bind_grpc(addr: &ListenAddr) -> Result<GrpcListener, BindError> {
                 .map_err(|e| e.map_or(BindError::SocketInUse { addr: addr.clone() }, error))?;
             let listener = UnixListener::bind(path).map_err(error)?;
             let file = SocketFile(path.clone());
-            // Only the pod's own user may talk to the cache: it holds the app's data.
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+            // The cache holds the app's data: the owner and, by default, the socket's group (the
+            // pod's fsGroup, shared with the app container) may connect; nobody else.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode)).map_err(error)?;
             Ok(GrpcListener::Unix(listener, file))
         }
     }

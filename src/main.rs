@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cdc_cache::config::{Cli, Command, LogFormat};
+use cdc_cache::cli::{Cli, Command, LogFormat};
 use cdc_cache::ingest::IngestError;
 use cdc_cache::listeners::Listeners;
 use cdc_cache::{app, client, demo, shutdown};
@@ -62,6 +62,13 @@ fn main() -> ExitCode {
         Command::Status(args) => {
             runtime.block_on(async move { exit_code(client::status(&args).await.map_err(Into::into)) })
         }
+        Command::Wait(args) => runtime.block_on(async move {
+            match client::wait(&args).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => fail(1, e.into()),
+            }
+        }),
     }
 }
 

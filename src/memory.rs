@@ -1,10 +1,10 @@
 //! Gives memory freed during bootstrap back to the operating system.
 //!
 //! Bootstrap churns through short-lived buffers (librdkafka fetch batches, decoded keys and values)
-//! interleaved with the long-lived records, and glibc keeps the freed pages. Measured on 1M
-//! entries of ~52 bytes: RSS 175.5 MB when ready, 141.2 MB after `malloc_trim(0)`, about 35 bytes
-//! per entry. That measured win is why this module contains `unsafe` (the other place is
-//! `store/record.rs`, for thin record pointers).
+//! interleaved with the long-lived records, and glibc keeps the freed pages. `malloc_trim` gives
+//! them back: about 35 bytes per entry when measured at a million small entries (BENCHMARKS.md).
+//! That measured win is why this module contains `unsafe` (the other place is `store/record.rs`,
+//! for thin record pointers).
 
 /// Returns free heap pages to the OS (glibc only; a no-op elsewhere).
 pub fn release_free_memory() {

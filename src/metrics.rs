@@ -3,7 +3,9 @@
 //! The recorder is owned by the app rather than installed globally, so several apps (tests) can
 //! live in one process without mixing their series. Event counters are pre-registered handles
 //! bumped on the hot path; state gauges (entries, positions, lag) are read from the store at
-//! scrape time, so they can never drift from what the store holds.
+//! scrape time, so they can never drift from what the store holds. Process metrics
+//! (`process_resident_memory_bytes`, CPU, open fds) come from the `metrics-process` collector,
+//! also at scrape time.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -16,13 +18,20 @@ use crate::store::{Store, Table};
 pub const READY: &str = "cdc_cache_ready";
 pub const TABLE_READY: &str = "cdc_cache_table_ready";
 pub const ENTRIES: &str = "cdc_cache_entries";
-pub const MEMORY_BYTES: &str = "cdc_cache_memory_bytes";
+pub const DATA_BYTES: &str = "cdc_cache_data_bytes";
+pub const MEMORY_LIMIT_BYTES: &str = "cdc_cache_memory_limit_bytes";
 pub const PARTITION_POSITION: &str = "cdc_cache_partition_position";
 pub const PARTITION_HIGH_WATERMARK: &str = "cdc_cache_partition_high_watermark";
 pub const PARTITION_LAG_RECORDS: &str = "cdc_cache_partition_lag_records";
 pub const LAST_RECORD_TIMESTAMP_SECONDS: &str = "cdc_cache_last_record_timestamp_seconds";
 pub const RECORDS_TOTAL: &str = "cdc_cache_records_total";
 pub const DECODE_ERRORS_TOTAL: &str = "cdc_cache_decode_errors_total";
+pub const KAFKA_ERRORS_TOTAL: &str = "cdc_cache_kafka_errors_total";
+pub const PARTITION_RESETS_TOTAL: &str = "cdc_cache_partition_resets_total";
+pub const PARTITION_REBUILDING: &str = "cdc_cache_partition_rebuilding";
+pub const KEY_CONFLICTS_TOTAL: &str = "cdc_cache_key_conflicts_total";
+pub const TABLE_PROBLEM: &str = "cdc_cache_table_problem";
+pub const LOADING_STOPPED: &str = "cdc_cache_loading_stopped";
 pub const BOOTSTRAP_DURATION_SECONDS: &str = "cdc_cache_bootstrap_duration_seconds";
 pub const GRPC_REQUESTS_TOTAL: &str = "cdc_cache_grpc_requests_total";
 pub const GRPC_REQUEST_DURATION_SECONDS: &str = "cdc_cache_grpc_request_duration_seconds";
@@ -76,6 +85,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     started_at_seconds: f64,
     grpc: GrpcMetrics,
+    process: metrics_process::Collector,
 }
 
 impl Metrics {
@@ -93,6 +103,8 @@ impl Metrics {
         let recorder = Arc::new(recorder);
         let handle = recorder.handle();
         describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(recorder.as_ref(), || process.describe());
         let grpc = GrpcMetrics::new(&recorder);
         let started_at_seconds = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -102,6 +114,7 @@ impl Metrics {
             handle,
             started_at_seconds,
             grpc,
+            process,
         })
     }
 
@@ -110,9 +123,13 @@ impl Metrics {
     pub fn table(&self, table: &str) -> Arc<TableMetrics> {
         let op = |op: &'static str| self.counter(RECORDS_TOTAL, vec![label("table", table), label("op", op)]);
         Arc::new(TableMetrics {
+            recorder: self.recorder.clone(),
+            table: table.to_string(),
             upserts: op("upsert"),
             deletes: op("delete"),
+            truncates: op("truncate"),
             skipped: op("skipped"),
+            superseded: op("superseded"),
             decode_errors: self.counter(DECODE_ERRORS_TOTAL, vec![label("table", table)]),
             brokers_up: self.gauge(KAFKA_BROKERS_UP, vec![label("table", table)]),
         })
@@ -135,10 +152,15 @@ impl Metrics {
     }
 
     fn refresh_state(&self, store: &Store) {
+        metrics::with_local_recorder(self.recorder.as_ref(), || self.process.collect());
+        self.gauge(MEMORY_LIMIT_BYTES, vec![])
+            .set(store.memory_limit().unwrap_or(0) as f64);
+        self.gauge(LOADING_STOPPED, vec![])
+            .set(bool_value(store.loading_stopped().is_some()));
         self.gauge(START_TIME_SECONDS, vec![])
             .set(self.started_at_seconds);
         self.gauge(READY, vec![]).set(bool_value(store.ready().is_open()));
-        let now_ms = crate::ingest::now_ms();
+        let now_ms = crate::clock::now_ms();
         for table in store.tables() {
             self.refresh_table(table, now_ms);
         }
@@ -150,25 +172,24 @@ impl Metrics {
         self.gauge(TABLE_READY, labels())
             .set(bool_value(table.is_ready()));
         self.gauge(ENTRIES, labels()).set(table.len() as f64);
-        self.gauge(MEMORY_BYTES, labels()).set(table.data_bytes() as f64);
+        self.gauge(TABLE_PROBLEM, labels())
+            .set(bool_value(table.problem().is_some()));
+        self.counter(KEY_CONFLICTS_TOTAL, labels())
+            .absolute(table.key_conflicts());
+        self.gauge(DATA_BYTES, labels()).set(table.data_bytes() as f64);
         let bootstrap = table.bootstrap_duration().unwrap_or(Duration::ZERO);
         self.gauge(BOOTSTRAP_DURATION_SECONDS, labels())
             .set(bootstrap.as_secs_f64());
-        let contact = table.last_broker_contact_ms();
-        // Before the first contact, silence counts from start-up.
-        let since = if contact > 0 {
-            contact
-        } else {
-            (self.started_at_seconds * 1000.0) as i64
-        };
         self.gauge(BROKER_SILENCE_SECONDS, labels())
-            .set(((now_ms - since).max(0) as f64) / 1000.0);
+            .set(table.broker_silence_ms(now_ms) as f64 / 1000.0);
         for p in table.partitions() {
             let labels = || vec![label("table", name), label("partition", p.partition())];
             self.gauge(PARTITION_POSITION, labels()).set(p.position() as f64);
             self.gauge(PARTITION_HIGH_WATERMARK, labels())
                 .set(p.high_watermark() as f64);
             self.gauge(PARTITION_LAG_RECORDS, labels()).set(p.lag() as f64);
+            self.gauge(PARTITION_REBUILDING, labels())
+                .set(bool_value(p.is_rebuilding()));
             self.gauge(LAST_RECORD_TIMESTAMP_SECONDS, labels())
                 .set(p.last_timestamp_ms().max(0) as f64 / 1000.0);
         }
@@ -187,9 +208,13 @@ impl Metrics {
 
 /// Counters and gauges fed by one table's ingest thread and librdkafka callbacks.
 pub struct TableMetrics {
+    recorder: Arc<PrometheusRecorder>,
+    table: String,
     upserts: Counter,
     deletes: Counter,
+    truncates: Counter,
     skipped: Counter,
+    superseded: Counter,
     decode_errors: Counter,
     brokers_up: Gauge,
 }
@@ -201,6 +226,39 @@ impl TableMetrics {
 
     pub fn record_deletes(&self, n: u64) {
         self.deletes.increment(n);
+    }
+
+    pub fn record_truncates(&self, n: u64) {
+        self.truncates.increment(n);
+    }
+
+    /// Records of a key held from another partition with a newer record: not applied.
+    pub fn record_superseded(&self, n: u64) {
+        self.superseded.increment(n);
+    }
+
+    /// A consumer or metadata error, by its code name (`TOPIC_AUTHORIZATION_FAILED`). Rare, so
+    /// the counter is looked up on each call.
+    pub fn record_kafka_error(&self, code: rdkafka::types::RDKafkaErrorCode) {
+        let labels = vec![
+            label("table", &self.table),
+            label("code", crate::ingest::code_name(code)),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(KAFKA_ERRORS_TOTAL, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// A partition's log was reset and the partition is read again.
+    pub fn record_partition_reset(&self, partition: i32, reason: crate::ingest::log_check::ResetReason) {
+        let labels = vec![
+            label("table", &self.table),
+            label("partition", partition),
+            label("reason", reason.as_str()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(PARTITION_RESETS_TOTAL, labels), &METADATA)
+            .increment(1);
     }
 
     pub fn record_skipped(&self, n: u64) {
@@ -292,9 +350,19 @@ fn describe(recorder: &PrometheusRecorder) {
     );
     gauge(ENTRIES, None, "Live keys held in memory.");
     gauge(
-        MEMORY_BYTES,
+        DATA_BYTES,
         Some(Unit::Bytes),
-        "Approximate bytes of keys and values held (map overhead not included).",
+        "Bytes of keys and values held (map overhead not included; process_resident_memory_bytes is the process's memory).",
+    );
+    gauge(
+        MEMORY_LIMIT_BYTES,
+        Some(Unit::Bytes),
+        "The memory limit in force: --memory-limit, else the container's cgroup limit (0 when there is none).",
+    );
+    gauge(
+        LOADING_STOPPED,
+        None,
+        "1 once loading stopped because resident memory reached --memory-limit-ratio of the limit.",
     );
     gauge(PARTITION_POSITION, None, "Next offset to apply, per partition.");
     gauge(
@@ -314,11 +382,33 @@ fn describe(recorder: &PrometheusRecorder) {
     );
     counter(
         RECORDS_TOTAL,
-        "Records applied, by operation: upsert, delete, or skipped (undecodable or without key).",
+        "Records by what they did: upsert, delete, truncate, skipped (undecodable or without key), or superseded (a newer row of the key came from another partition).",
     );
     counter(
         DECODE_ERRORS_TOTAL,
         "Records whose key or value could not be decoded.",
+    );
+    counter(
+        KAFKA_ERRORS_TOTAL,
+        "Kafka consumer and metadata errors by code (TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PARTITION, ...).",
+    );
+    counter(
+        PARTITION_RESETS_TOTAL,
+        "Partitions read again because their log was reset: log_truncated, log_start_moved, topic_recreated, offset_out_of_range.",
+    );
+    gauge(
+        PARTITION_REBUILDING,
+        None,
+        "1 while a partition is read again after a reset (its old rows answer until replaced).",
+    );
+    counter(
+        KEY_CONFLICTS_TOTAL,
+        "Records of a key that arrived from a partition other than the one holding it (the newer record wins).",
+    );
+    gauge(
+        TABLE_PROBLEM,
+        None,
+        "1 while something keeps the table from being current (topic missing, fetches failing); Status says what.",
     );
     gauge(
         BOOTSTRAP_DURATION_SECONDS,

@@ -85,12 +85,12 @@ fn address_in_use_names_the_flag() {
             "t",
             "--grpc-listen",
             "127.0.0.1:0",
-            "--metrics-listen",
+            "--admin-listen",
             &addr,
         ],
         &[],
     );
-    assert_fails_naming(&output, 2, &format!("--metrics-listen {addr}"));
+    assert_fails_naming(&output, 2, &format!("--admin-listen {addr}"));
 }
 
 /// `serve` on free ports with one `--kafka-option`; the broker is never reached.
@@ -103,7 +103,7 @@ fn serve_with_option(option: &str) -> Vec<&str> {
         "t",
         "--grpc-listen",
         "127.0.0.1:0",
-        "--metrics-listen",
+        "--admin-listen",
         "127.0.0.1:0",
         "--kafka-option",
         option,
@@ -151,6 +151,7 @@ async fn env_configures_serve_and_sigterm_exits_zero_before_ready() {
         .env("CDC_CACHE_BROKERS", nowhere())
         .env("CDC_CACHE_TOPICS", "orders=o,customers")
         .env("CDC_CACHE_GRPC_LISTEN", &grpc)
+        // The deprecated name of CDC_CACHE_ADMIN_LISTEN: still works, with a warning.
         .env("CDC_CACHE_METRICS_LISTEN", &admin)
         .env("CDC_CACHE_KAFKA_SASL_PASSWORD", secret)
         .env("CDC_CACHE_LOG_FORMAT", "json")
@@ -191,4 +192,9 @@ async fn env_configures_serve_and_sigterm_exits_zero_before_ready() {
     let first = stderr.lines().next().expect("log lines");
     serde_json::from_str::<serde_json::Value>(first).expect("json log lines");
     assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(
+        stderr
+            .contains("CDC_CACHE_METRICS_LISTEN) is deprecated: use --admin-listen (CDC_CACHE_ADMIN_LISTEN)"),
+        "{stderr}"
+    );
 }

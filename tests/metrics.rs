@@ -134,7 +134,7 @@ async fn scrape_is_valid_and_matches_the_broker() {
     );
     assert_eq!(sample(&scrape, "cdc_cache_multiget_keys_count"), Some(1.0));
     assert!(sample(&scrape, "cdc_cache_bootstrap_duration_seconds{table=\"orders\"}").unwrap() > 0.0);
-    let bytes = sample(&scrape, "cdc_cache_memory_bytes{table=\"orders\"}").unwrap();
+    let bytes = sample(&scrape, "cdc_cache_data_bytes{table=\"orders\"}").unwrap();
     assert_eq!(
         bytes,
         90.0 * (3.0 + 5.0),

@@ -345,7 +345,7 @@ async fn broker_outage_keeps_reads_going_and_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unix_socket_is_private_and_removed_at_exit() {
+async fn unix_socket_is_shared_with_the_group_only_and_removed_at_exit() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("t", 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -357,7 +357,7 @@ async fn unix_socket_is_private_and_removed_at_exit() {
     let listen = format!("unix:{}", socket.display());
     let app = TestApp::start(&brokers, &["--topic", "t", "--grpc-listen", &listen]).await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode, 0o660, "owner and group (the pod's fsGroup), nobody else");
     let mut client = app.client().await;
     wait_ready(&mut client, READY_TIMEOUT).await;
     assert_eq!(value(&mut client, "", b"k").await.as_deref(), Some(&b"v"[..]));

@@ -60,7 +60,7 @@ impl Sidecar {
                 "--grpc-listen",
                 &grpc,
             ])
-            .args(["--metrics-listen", &admin.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,8 +4,8 @@
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run decode --sanitizer none -- -max_total_time=300`
 #![no_main]
 
-use cdc_cache::config::Format;
-use cdc_cache::ingest::cdc::{canonical_key, decode};
+use cdc_cache::format::Format;
+use cdc_cache::format::{canonical_key, decode};
 use cdc_cache::store::Change;
 use libfuzzer_sys::fuzz_target;
 

@@ -2,8 +2,8 @@
 
 use tonic::Status;
 
-use crate::ingest::cdc::DecodeError;
-use crate::store::{Progress, TableLookupError};
+use crate::format::DecodeError;
+use crate::store::{Progress, TableLookupError, TooLarge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -18,6 +18,15 @@ pub enum RequestError {
     TooManyKeys { count: usize, max: usize },
     #[error("key {index}: {source}")]
     BadKey { index: usize, source: DecodeError },
+    /// A key that cannot match any stored key: its fields or JSON types differ from every key the
+    /// table holds (`{"id":"42"}` where ids are numbers).
+    #[error("key {index}: {reason}")]
+    KeyShape { index: usize, reason: String },
+    #[error(
+        "the values of {} keys pass the {} byte response limit (--grpc-max-message-bytes) after {} keys; ask for fewer keys per call",
+        .keys, .limit.max_bytes, .limit.keys_answered
+    )]
+    ResponseTooLarge { keys: usize, limit: TooLarge },
 }
 
 impl From<RequestError> for Status {
@@ -27,9 +36,10 @@ impl From<RequestError> for Status {
             RequestError::Table(TableLookupError::Unknown { .. }) => Status::not_found(message),
             RequestError::Table(TableLookupError::Ambiguous { .. }) => Status::invalid_argument(message),
             RequestError::NotReady { .. } => Status::unavailable(message),
-            RequestError::TooManyKeys { .. } | RequestError::BadKey { .. } => {
-                Status::invalid_argument(message)
-            }
+            RequestError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
+            RequestError::TooManyKeys { .. }
+            | RequestError::BadKey { .. }
+            | RequestError::KeyShape { .. } => Status::invalid_argument(message),
         }
     }
 }

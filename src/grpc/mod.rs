@@ -45,17 +45,26 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions, as grpc-go serves them: grpc.reflection.v1 for current clients,
+    // v1alpha for Python's grpcio-reflection, older grpcurl and several GUI clients.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("embedded descriptor sets are valid");
     let cache = CacheServer::new(cache)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let routes = Routes::new(cache)
         .add_service(health_service(health))
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let mut server = tonic::transport::Server::builder();
     let router = server.add_routes(routes);
     match listener {

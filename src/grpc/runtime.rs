@@ -2,10 +2,9 @@
 //!
 //! On the process's multi-thread runtime, hyper spawns a task per call and tokio wakes the other
 //! worker to steal it, so every Get paid for cross-thread wake-ups (futex, idle-core exits) that
-//! cost more than the lookup and the HTTP/2 framing together. Measured with h2load against
-//! `cdc-cache demo` on 2 cores (4 connections x 16 streams): 45-68k calls/s at 20-32 µs of server
-//! CPU per call before, 98-105k calls/s at 9.5-10 µs on this thread. One core is also what a
-//! sidecar is usually given. Ingest keeps its own threads and the admin server stays on the main
+//! cost more than the lookup and the HTTP/2 framing together. On this thread the server answers
+//! about twice the calls per second at half the CPU per call (h2load, before/after in
+//! BENCHMARKS.md). One core is also what a sidecar is usually given. Ingest keeps its own threads and the admin server stays on the main
 //! runtime, so neither competes with lookups for this thread.
 
 use std::future::Future;

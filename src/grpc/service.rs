@@ -6,8 +6,8 @@ use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 
 use super::errors::RequestError;
-use crate::ingest::cdc;
-use crate::ingest::now_ms;
+use crate::clock::{millis_since_epoch, now_ms};
+use crate::format::{self, Format};
 use crate::metrics::{GrpcMethod, Metrics};
 use crate::proto::cache_server::Cache;
 use crate::proto::{
@@ -20,14 +20,26 @@ pub struct CacheService {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     max_multiget_keys: usize,
+    /// Room for values in one response: the message limit less framing for every result.
+    max_response_bytes: usize,
 }
 
+/// Protobuf framing of one MultiGet result beyond its value: tags, lengths, partition, offset
+/// and timestamp varints, at most.
+const RESULT_FRAMING_BYTES: usize = 40;
+
 impl CacheService {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, max_multiget_keys: usize) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        max_multiget_keys: usize,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             store,
             metrics,
             max_multiget_keys,
+            max_response_bytes: max_message_bytes,
         }
     }
 
@@ -46,9 +58,13 @@ impl CacheService {
 
     fn get(&self, request: GetRequest) -> Result<GetResponse, RequestError> {
         let table = self.ready_table(&request.table)?;
-        let key = cdc::canonical_key(table.format(), &request.key)
+        let key = format::canonical_key(table.format(), &request.key)
             .map_err(|source| RequestError::BadKey { index: 0, source })?;
-        Ok(response(table.get(&key)))
+        let found = table.get(&key);
+        if found.is_none() {
+            explain_miss(table, 0, &key)?;
+        }
+        Ok(response(found))
     }
 
     fn multi_get(&self, request: MultiGetRequest) -> Result<MultiGetResponse, RequestError> {
@@ -65,30 +81,36 @@ impl CacheService {
             .iter()
             .enumerate()
             .map(|(index, key)| {
-                cdc::canonical_key(table.format(), key)
+                format::canonical_key(table.format(), key)
                     .map_err(|source| RequestError::BadKey { index, source })
             })
             .collect::<Result<Vec<_>, RequestError>>()?;
-        let results = table.get_many(&keys).into_iter().map(response).collect();
+        let room = self
+            .max_response_bytes
+            .saturating_sub(keys.len() * RESULT_FRAMING_BYTES);
+        let found = table
+            .get_many(&keys, room)
+            .map_err(|limit| RequestError::ResponseTooLarge {
+                keys: keys.len(),
+                limit,
+            })?;
+        for (index, (key, found)) in keys.iter().zip(&found).enumerate() {
+            if found.is_none() {
+                explain_miss(table, index, key)?;
+            }
+        }
+        let results = found.into_iter().map(response).collect();
         Ok(MultiGetResponse { results })
     }
 
     fn status(&self) -> StatusResponse {
         let now = now_ms();
-        let started_at_ms = self
-            .store
-            .started_at()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         StatusResponse {
             ready: self.store.ready().is_open(),
-            tables: self
-                .store
-                .tables()
-                .iter()
-                .map(|t| table_status(t, now, started_at_ms))
-                .collect(),
-            started_at_ms,
+            tables: self.store.tables().iter().map(|t| table_status(t, now)).collect(),
+            started_at_ms: millis_since_epoch(self.store.started_at()),
+            resident_memory_bytes: crate::resources::resident_memory_bytes().unwrap_or(0),
+            memory_limit_bytes: self.store.memory_limit().unwrap_or(0),
         }
     }
 
@@ -142,9 +164,19 @@ fn response(found: Option<Found>) -> GetResponse {
     }
 }
 
-fn table_status(table: &Table, now_ms: i64, started_at_ms: i64) -> TableStatus {
-    let contact = table.last_broker_contact_ms();
-    let silent_since = if contact > 0 { contact } else { started_at_ms };
+/// A key of a debezium table that was not found: INVALID_ARGUMENT when its shape (field names
+/// and JSON types) matches no stored key, so a type mistake is not mistaken for a missing row.
+fn explain_miss(table: &Table, index: usize, key: &[u8]) -> Result<(), RequestError> {
+    if table.format() != Format::Debezium {
+        return Ok(());
+    }
+    match table.key_shapes().mismatch(key) {
+        Some(reason) => Err(RequestError::KeyShape { index, reason }),
+        None => Ok(()),
+    }
+}
+
+fn table_status(table: &Table, now_ms: i64) -> TableStatus {
     TableStatus {
         table: table.name().to_string(),
         topic: table.topic().to_string(),
@@ -161,12 +193,16 @@ fn table_status(table: &Table, now_ms: i64, started_at_ms: i64) -> TableStatus {
                 lag: p.lag(),
                 caught_up: p.is_caught_up(),
                 last_record_timestamp_ms: p.last_timestamp_ms(),
+                rebuilding: p.is_rebuilding(),
+                resets: p.resets(),
             })
             .collect(),
-        memory_bytes: table.data_bytes(),
+        data_bytes: table.data_bytes(),
         format: table.format().to_string(),
         skipped_records: table.skipped(),
-        broker_silence_ms: (now_ms - silent_since).max(0),
+        broker_silence_ms: table.broker_silence_ms(now_ms),
         bootstrap_duration_ms: table.bootstrap_duration().map_or(0, |d| d.as_millis() as i64),
+        problem: table.problem().unwrap_or_default(),
+        key_conflicts: table.key_conflicts(),
     }
 }

@@ -3,26 +3,34 @@
 //!
 //! Partitions are assigned, never subscribed: no consumer group coordination, no committed
 //! offsets. The log is the state, so every start reads it again from its first offset.
+//!
+//! A log that is reset underneath (deleted and created again, truncated, its start moved past
+//! the position) is detected by [`super::log_check`] and the partition is rebuilt: read again from
+//! its log start while the rows it held keep answering, and the rows its new log no longer has
+//! removed once it has caught up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::cdc::{self, DecodeError};
-use super::context::{now_ms, IngestContext};
+use super::context::IngestContext;
+use super::kafka_config::{client_config, is_secret_key};
+use super::log_check::{LogBounds, LogWatch, Reset};
 use super::rate_limit::RateLimit;
-use crate::config::{is_secret_kafka_key, Config, OnDecodeError};
+use crate::clock::now_ms;
+use crate::config::{Config, OnDecodeError};
+use crate::format::{self, DecodeError, Format};
 use crate::metrics::{Metrics, TableMetrics};
-use crate::store::{Applied, PartitionState, Store, Table};
+use crate::store::{Applied, Change, PartitionState, Store, Table};
 
 /// How long one poll waits for a record; also how quickly a shutdown request is noticed.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -32,6 +40,12 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// At most one line per this interval for each kind of repeated warning.
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How often positions are compared with the log bounds the broker reports.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// While fetches fail, how often the partitions are sought to their positions again: a seek
+/// restarts fetching, and the end-of-partition event that follows a good fetch proves progress
+/// even on an idle topic.
+const RESEEK_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -104,7 +118,7 @@ pub fn start(
     for table in store.tables() {
         let table_metrics = metrics.table(table.name());
         let context = IngestContext::new(table.clone(), table_metrics.clone());
-        let consumer: BaseConsumer<IngestContext> = client_config(config, table)
+        let consumer: BaseConsumer<IngestContext> = client_config(config)
             .create_with_context(context)
             .map_err(|e| creation_error(table.name(), e))?;
         workers.push(Worker {
@@ -116,6 +130,12 @@ pub fn start(
             discovery_interval: config.partition_discovery_interval,
             cancel: cancel.clone(),
             partitions: HashMap::new(),
+            watches: HashMap::new(),
+            rebuilds: HashMap::new(),
+            unassigned: Vec::new(),
+            topic_missing: false,
+            fetch_failing_since: None,
+            paused: false,
             decode_log: RateLimit::new(LOG_INTERVAL),
             error_log: RateLimit::new(LOG_INTERVAL),
         });
@@ -143,41 +163,11 @@ pub fn start(
     Ok(IngestHandle { threads })
 }
 
-fn client_config(config: &Config, table: &Table) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        // assign() still needs a group id, though no group is joined and nothing is committed.
-        .set("group.id", "cdc-cache")
-        .set("client.id", format!("cdc-cache-{}", table.name()))
-        // The log is the state: offsets are never committed, every start reads from the beginning.
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // End-of-partition events say a partition has caught up, even when its log ends in
-        // control records (transaction markers) that never reach the application.
-        .set("enable.partition.eof", "true")
-        // If retention or DeleteRecords moves the log start past our position, resume at the new
-        // start rather than stop.
-        .set("auto.offset.reset", "earliest")
-        // Records of aborted transactions must never reach the cache.
-        .set("isolation.level", "read_committed")
-        // Statistics keep the high watermark (lag) and broker liveness current between records.
-        .set("statistics.interval.ms", "1000")
-        // A sidecar outage is stale data: after a broker restart, reconnect within seconds
-        // instead of librdkafka's default backoff of up to 10 s.
-        .set("reconnect.backoff.max.ms", "2000")
-        .set_log_level(RDKafkaLogLevel::Info);
-    for (key, value) in &config.kafka_options {
-        client.set(key, value);
-    }
-    client
-}
-
 fn creation_error(table: &str, error: KafkaError) -> IngestError {
     match error {
         // Name the option, never its value (it may be a secret).
         KafkaError::ClientConfig(_, reason, key, value) => IngestError::KafkaOption {
-            reason: if is_secret_kafka_key(&key) {
+            reason: if is_secret_key(&key) {
                 reason.replace(&value, "<redacted>")
             } else {
                 reason
@@ -201,6 +191,19 @@ struct Worker {
     cancel: CancellationToken,
     /// The table's partitions, cached here so the hot path takes no lock.
     partitions: HashMap<i32, Arc<PartitionState>>,
+    /// Evidence of a log reset, per partition.
+    watches: HashMap<i32, LogWatch>,
+    /// Partitions being read again after a reset, with the keys they held that their new log has
+    /// not written yet.
+    rebuilds: HashMap<i32, HashSet<Box<[u8]>>>,
+    /// Partitions found by discovery whose assignment failed; retried at the next discovery.
+    unassigned: Vec<i32>,
+    /// The topic was missing from the broker's metadata at the last look.
+    topic_missing: bool,
+    /// Fetches have been failing since then (cleared by the next record or end of partition).
+    fetch_failing_since: Option<Instant>,
+    /// Loading stopped (memory near the limit): partitions paused, nothing more is applied.
+    paused: bool,
     decode_log: RateLimit,
     error_log: RateLimit,
 }
@@ -224,19 +227,43 @@ impl Worker {
         self.on_partition_progress();
 
         let mut next_discovery = Instant::now() + self.discovery_interval;
+        let mut next_log_check = Instant::now() + LOG_CHECK_INTERVAL;
+        let mut next_reseek = Instant::now() + RESEEK_INTERVAL;
         while !self.cancel.is_cancelled() {
-            match self.consumer.poll(POLL_TIMEOUT) {
-                None => {}
-                Some(Ok(message)) => self.apply(&message)?,
-                Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
-                Some(Err(error)) => {
-                    if let Some(suppressed) = self.error_log.check() {
-                        warn!(table = self.table.name(), %error, suppressed, "kafka consumer error; retrying");
-                    }
-                }
+            if !self.paused && self.store.loading_stopped().is_some() {
+                self.pause();
             }
-            if Instant::now() >= next_discovery {
-                self.discover_new_partitions();
+            if self.paused {
+                // Serve librdkafka's callbacks; the paused partitions deliver nothing.
+                let _ = self.consumer.poll(POLL_TIMEOUT);
+                continue;
+            }
+            // Decoded here, so the message (which borrows the consumer) is released before the
+            // record changes the worker's state.
+            let format = self.table.format();
+            let polled = self
+                .consumer
+                .poll(POLL_TIMEOUT)
+                .map(|result| result.map(|message| Incoming::decode(format, &message)));
+            match polled {
+                None => {}
+                Some(Ok(record)) => self.apply(record)?,
+                Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
+                Some(Err(error)) => self.consumer_error(error),
+            }
+            let now = Instant::now();
+            if now >= next_log_check {
+                self.check_logs(now);
+                next_log_check = now + LOG_CHECK_INTERVAL;
+            }
+            if now >= next_reseek {
+                if self.fetch_failing_since.is_some() {
+                    self.reseek();
+                }
+                next_reseek = now + RESEEK_INTERVAL;
+            }
+            if now >= next_discovery {
+                self.discover();
                 next_discovery = Instant::now() + self.discovery_interval;
             }
         }
@@ -253,8 +280,19 @@ impl Worker {
                 return None;
             }
             match self.fetch_partition_bounds() {
-                Ok(partitions) => return Some(partitions),
-                Err(reason) => {
+                Ok(partitions) => {
+                    self.table.set_problem(None);
+                    return Some(partitions);
+                }
+                Err(problem) => {
+                    if let Some(code) = problem.code {
+                        self.metrics.record_kafka_error(code);
+                    }
+                    let reason = problem.to_string();
+                    self.table.set_problem(Some(format!(
+                        "cannot read topic {}: {reason}",
+                        self.table.topic()
+                    )));
                     if let Some(suppressed) = self.error_log.check() {
                         warn!(
                             table = self.table.name(),
@@ -274,38 +312,53 @@ impl Worker {
         }
     }
 
-    fn fetch_partition_bounds(&self) -> Result<Vec<PartitionState>, String> {
+    fn fetch_partition_bounds(&self) -> Result<Vec<PartitionState>, MetadataProblem> {
         let ids = self.fetch_partition_ids()?;
         let mut partitions = Vec::with_capacity(ids.len());
         for id in ids {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(self.table.topic(), id, METADATA_TIMEOUT)
-                .map_err(|e| format!("partition {id}: cannot read log bounds: {e}"))?;
+            let (low, high) = self.watermarks(id).map_err(|e| MetadataProblem {
+                code: e.rdkafka_error_code(),
+                reason: format!("partition {id}: cannot read log bounds: {e}"),
+            })?;
             partitions.push(PartitionState::new(id, low, high));
         }
         Ok(partitions)
     }
 
-    fn fetch_partition_ids(&self) -> Result<Vec<i32>, String> {
+    fn watermarks(&self, id: i32) -> Result<(i64, i64), KafkaError> {
+        self.consumer
+            .fetch_watermarks(self.table.topic(), id, METADATA_TIMEOUT)
+    }
+
+    fn fetch_partition_ids(&self) -> Result<Vec<i32>, MetadataProblem> {
         let topic = self.table.topic();
         let metadata = self
             .consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|e| format!("metadata request failed: {e}"))?;
+            .map_err(|e| MetadataProblem {
+                code: e.rdkafka_error_code(),
+                reason: format!("metadata request failed: {e}"),
+            })?;
         let found = metadata
             .topics()
             .iter()
             .find(|t| t.name() == topic)
-            .ok_or_else(|| "topic missing from the metadata response".to_string())?;
+            .ok_or_else(|| MetadataProblem {
+                code: None,
+                reason: "topic missing from the metadata response".into(),
+            })?;
         if let Some(error) = found.error() {
-            return Err(format!(
-                "broker reports {:?}",
-                rdkafka::types::RDKafkaErrorCode::from(error)
-            ));
+            let code = RDKafkaErrorCode::from(error);
+            return Err(MetadataProblem {
+                code: Some(code),
+                reason: format!("broker reports {} ({code})", code_name(code)),
+            });
         }
         if found.partitions().is_empty() {
-            return Err("topic has no partitions (does it exist?)".into());
+            return Err(MetadataProblem {
+                code: Some(RDKafkaErrorCode::UnknownTopicOrPartition),
+                reason: "topic has no partitions (does it exist?)".into(),
+            });
         }
         Ok(found.partitions().iter().map(|p| p.id()).collect())
     }
@@ -314,8 +367,8 @@ impl Worker {
         let mut assignment = TopicPartitionList::new();
         for &id in ids {
             let state = self.table.partition(id).expect("registered before assignment");
-            // Start at the log start captured with the end offset; `auto.offset.reset` covers a
-            // log start that moves on before the first fetch.
+            // Start at the log start captured with the end offset; a log start that moves on
+            // before the first fetch is a reset like any other (log_check).
             assignment
                 .add_partition_offset(self.table.topic(), id, Offset::Offset(state.log_start()))
                 .map_err(|source| self.assign_error(source))?;
@@ -334,9 +387,13 @@ impl Worker {
         }
     }
 
-    fn apply(&self, message: &BorrowedMessage<'_>) -> Result<(), IngestError> {
-        let id = message.partition();
-        let offset = message.offset();
+    fn apply(&mut self, record: Incoming) -> Result<(), IngestError> {
+        let Incoming {
+            partition: id,
+            offset,
+            timestamp,
+            decoded,
+        } = record;
         let Some(partition) = self.partitions.get(&id).cloned() else {
             debug!(
                 table = self.table.name(),
@@ -345,17 +402,27 @@ impl Worker {
             );
             return Ok(());
         };
-        self.table.note_broker_contact(now_ms());
+        self.made_progress();
         if !partition.is_new(offset) {
             return Ok(()); // a redelivery (brokers and restarts do this): already applied or skipped
         }
-        let timestamp = message.timestamp().to_millis();
-        let caught_up = match cdc::decode(self.table.format(), message.key(), message.payload()) {
+        self.watches
+            .entry(id)
+            .or_default()
+            .on_record(partition.position(), offset);
+        let caught_up = match decoded {
             Ok(change) => {
+                if let Some(stale) = self.rebuilds.get_mut(&id) {
+                    if let Some(key) = change.key() {
+                        stale.remove(key);
+                    }
+                }
                 let (applied, caught_up) = self.table.apply(&partition, offset, timestamp, change);
                 match applied {
                     Applied::Upserted => self.metrics.record_upserts(1),
-                    Applied::Deleted | Applied::Truncated => self.metrics.record_deletes(1),
+                    Applied::Deleted => self.metrics.record_deletes(1),
+                    Applied::Truncated => self.metrics.record_truncates(1),
+                    Applied::Superseded => self.metrics.record_superseded(1),
                     Applied::Duplicate => {}
                 }
                 caught_up
@@ -397,11 +464,11 @@ impl Worker {
         Ok(())
     }
 
-    fn reached_end(&self, id: i32) {
+    fn reached_end(&mut self, id: i32) {
         let Some(partition) = self.partitions.get(&id).cloned() else {
             return;
         };
-        self.table.note_broker_contact(now_ms());
+        self.made_progress();
         // The consumer's position is past any control records at the end of the log.
         let position = self.consumer.position().ok().and_then(|positions| {
             positions
@@ -414,11 +481,158 @@ impl Worker {
         }
     }
 
-    fn partition_caught_up(&self, partition: i32, position: i64) {
+    /// A record or an end of partition: fetches work.
+    fn made_progress(&mut self) {
+        self.table.note_broker_contact(now_ms());
+        if self.fetch_failing_since.take().is_some() {
+            self.table.set_fetch_failing(false);
+            self.table.set_problem(None);
+            info!(table = self.table.name(), "fetching again");
+        }
+    }
+
+    fn consumer_error(&mut self, error: KafkaError) {
+        let code = error.rdkafka_error_code();
+        if let Some(code) = code {
+            self.metrics.record_kafka_error(code);
+        }
+        if let Some(suppressed) = self.error_log.check() {
+            warn!(table = self.table.name(), %error, suppressed, "kafka consumer error; retrying");
+        }
+        match code {
+            // `auto.offset.reset=error`: the broker refused a fetch position. The error does not
+            // name the partition, so every partition's position is checked against its bounds.
+            Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
+                self.check_out_of_range()
+            }
+            Some(code) if is_fetch_failure(code) && self.fetch_failing_since.is_none() => {
+                self.fetch_failing_since = Some(Instant::now());
+                self.table.set_fetch_failing(true);
+                self.table.set_problem(Some(format!(
+                    "fetching topic {} fails: {} ({code})",
+                    self.table.topic(),
+                    code_name(code)
+                )));
+            }
+            _ => {}
+        }
+    }
+
+    fn check_out_of_range(&mut self) {
+        for (id, partition) in self.partitions.clone() {
+            let (log_start, high_watermark) = match self.watermarks(id) {
+                Ok(bounds) => bounds,
+                Err(error) => {
+                    warn!(table = self.table.name(), partition = id, %error, "cannot read log bounds after an out-of-range fetch");
+                    continue;
+                }
+            };
+            let position = partition.position();
+            if position < log_start || position > high_watermark {
+                let bounds = LogBounds {
+                    log_start,
+                    high_watermark,
+                };
+                let reset = self
+                    .watches
+                    .entry(id)
+                    .or_default()
+                    .on_out_of_range(position, bounds);
+                self.reset_partition(id, reset);
+            }
+        }
+    }
+
+    /// Compares every partition's position with the bounds the broker last reported.
+    fn check_logs(&mut self, now: Instant) {
+        for (id, partition) in self.partitions.clone() {
+            let bounds = LogBounds {
+                log_start: partition.reported_log_start(),
+                high_watermark: partition.high_watermark(),
+            };
+            if let Some(reset) = self
+                .watches
+                .entry(id)
+                .or_default()
+                .check(partition.position(), bounds, now)
+            {
+                self.reset_partition(id, reset);
+            }
+        }
+    }
+
+    /// Reads a partition again from `reset.from`: the rows it holds stay and are overwritten as
+    /// the new log is read; those the new log no longer has go once the partition caught up.
+    fn reset_partition(&mut self, id: i32, reset: Reset) {
+        let Some(partition) = self.partitions.get(&id).cloned() else {
+            return;
+        };
+        let position = partition.position();
+        let end = self
+            .watermarks(id)
+            .map_or(partition.high_watermark(), |(_, high)| high);
+        let mut stale: HashSet<Box<[u8]>> = self.table.keys_of_partition(id).into_iter().collect();
+        if let Some(earlier) = self.rebuilds.remove(&id) {
+            stale.extend(earlier);
+        }
+        self.metrics.record_partition_reset(id, reset.reason);
+        warn!(
+            table = self.table.name(),
+            topic = self.table.topic(),
+            partition = id,
+            reason = reset.reason.as_str(),
+            position,
+            from = reset.from,
+            end,
+            keys_to_recheck = stale.len(),
+            "the partition's log was reset; reading it again (its rows keep answering until the new log replaces them)"
+        );
+        partition.begin_rebuild(reset.from, end);
+        self.rebuilds.insert(id, stale);
+        let mut assignment = TopicPartitionList::new();
+        let _ = assignment.add_partition(self.table.topic(), id);
+        let _ = self.consumer.incremental_unassign(&assignment);
+        let mut assignment = TopicPartitionList::new();
+        let result = assignment
+            .add_partition_offset(self.table.topic(), id, Offset::Offset(reset.from))
+            .and_then(|()| self.consumer.incremental_assign(&assignment));
+        if let Err(error) = result {
+            warn!(table = self.table.name(), partition = id, %error, "cannot reassign the partition; retrying at the next discovery");
+            self.unassigned.push(id);
+        }
+        if partition.is_caught_up() {
+            self.finish_rebuild(id);
+        }
+    }
+
+    /// A rebuilt partition caught up: rows it held that its new log did not write go.
+    fn finish_rebuild(&mut self, id: i32) {
+        let Some(stale) = self.rebuilds.remove(&id) else {
+            return;
+        };
+        let removed = stale
+            .iter()
+            .filter(|key| self.table.remove_from_partition(key, id))
+            .count();
+        if let Some(partition) = self.partitions.get(&id) {
+            partition.end_rebuild();
+        }
+        info!(
+            table = self.table.name(),
+            partition = id,
+            removed,
+            "partition rebuilt; rows its log no longer has are removed"
+        );
+    }
+
+    fn partition_caught_up(&mut self, partition: i32, position: i64) {
         info!(
             table = self.table.name(),
             partition, position, "partition caught up"
         );
+        if self.rebuilds.contains_key(&partition) {
+            self.finish_rebuild(partition);
+        }
         self.on_partition_progress();
     }
 
@@ -434,33 +648,116 @@ impl Worker {
         }
     }
 
-    /// Picks up partitions added to the topic since start-up and reads them from the beginning.
-    fn discover_new_partitions(&mut self) {
+    /// Stops fetching every partition, for good: memory is near the limit.
+    fn pause(&mut self) {
+        self.paused = true;
+        match self.consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(error) = self.consumer.pause(&assignment) {
+                    warn!(table = self.table.name(), %error, "cannot pause the partitions");
+                }
+            }
+            Err(error) => warn!(table = self.table.name(), %error, "cannot read the assignment to pause it"),
+        }
+    }
+
+    /// Seeks every partition to its position: fetching restarts, and the next good fetch ends in
+    /// a record or an end-of-partition event that clears the failure.
+    fn reseek(&self) {
+        for (id, partition) in &self.partitions {
+            let _ = self.consumer.seek(
+                self.table.topic(),
+                *id,
+                Offset::Offset(partition.position()),
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// Looks at the topic's metadata: new partitions are read from their beginning; a topic
+    /// that vanished is reported; one that came back was created again and is read anew.
+    fn discover(&mut self) {
         let ids = match self.fetch_partition_ids() {
             Ok(ids) => ids,
-            Err(reason) => {
-                debug!(
-                    table = self.table.name(),
-                    reason, "partition discovery failed; will retry"
-                );
+            Err(problem) => {
+                if problem.code == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                    self.topic_vanished(&problem);
+                } else {
+                    debug!(
+                        table = self.table.name(),
+                        reason = %problem,
+                        "partition discovery failed; will retry"
+                    );
+                }
                 return;
             }
         };
+        if std::mem::take(&mut self.topic_missing) {
+            self.topic_recreated(&ids);
+        }
         let mut assignment = TopicPartitionList::new();
         let mut added = Vec::new();
         for id in ids {
             if let Some(state) = self.table.add_partition(id) {
-                let _ = assignment.add_partition_offset(self.table.topic(), id, Offset::Beginning);
                 self.partitions.insert(id, state);
                 added.push(id);
             }
         }
-        if added.is_empty() {
+        let retry: Vec<i32> = std::mem::take(&mut self.unassigned);
+        for &id in added.iter().chain(&retry) {
+            let from = self.partitions.get(&id).map_or(0, |p| p.position());
+            let _ = assignment.add_partition_offset(self.table.topic(), id, Offset::Offset(from));
+        }
+        if assignment.count() == 0 {
             return;
         }
-        info!(table = self.table.name(), partitions = ?added, "new partitions found; reading them from the beginning");
+        if !added.is_empty() {
+            info!(table = self.table.name(), partitions = ?added, "new partitions found; reading them from the beginning");
+        }
         if let Err(error) = self.consumer.incremental_assign(&assignment) {
-            warn!(table = self.table.name(), %error, "cannot assign new partitions");
+            warn!(table = self.table.name(), %error, partitions = ?added.iter().chain(&retry).collect::<Vec<_>>(), "cannot assign partitions; retrying at the next discovery");
+            self.unassigned.extend(added.into_iter().chain(retry));
+        }
+    }
+
+    fn topic_vanished(&mut self, problem: &MetadataProblem) {
+        if !self.topic_missing {
+            self.topic_missing = true;
+            self.metrics
+                .record_kafka_error(RDKafkaErrorCode::UnknownTopicOrPartition);
+            self.table.set_problem(Some(format!(
+                "topic {} no longer exists on the broker ({problem}); serving the rows read before, and reading it anew if it is created again",
+                self.table.topic()
+            )));
+            tracing::error!(
+                table = self.table.name(),
+                topic = self.table.topic(),
+                reason = %problem,
+                "topic deleted; serving the rows read before, and reading it anew if it is created again"
+            );
+        }
+    }
+
+    /// The topic is back after it was missing: offsets started again, so every partition is
+    /// read anew, and partitions the new topic lacks lose their rows.
+    fn topic_recreated(&mut self, ids: &[i32]) {
+        self.table.set_problem(None);
+        let known: Vec<i32> = self.partitions.keys().copied().collect();
+        for id in known {
+            let bounds = if ids.contains(&id) {
+                let (log_start, high_watermark) = self.watermarks(id).unwrap_or((0, 0));
+                LogBounds {
+                    log_start,
+                    high_watermark,
+                }
+            } else {
+                LogBounds {
+                    log_start: 0,
+                    high_watermark: 0,
+                }
+            };
+            let reset = self.watches.entry(id).or_default().on_topic_recreated(bounds);
+            self.reset_partition(id, reset);
         }
     }
 
@@ -477,5 +774,96 @@ impl Worker {
                 .poll(POLL_TIMEOUT.min(until.saturating_duration_since(Instant::now())));
         }
         self.cancel.is_cancelled()
+    }
+}
+
+/// A record taken off the consumer, decoded.
+struct Incoming {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    decoded: Result<Change, DecodeError>,
+}
+
+impl Incoming {
+    fn decode(format: Format, message: &BorrowedMessage<'_>) -> Incoming {
+        Incoming {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            decoded: format::decode(format, message.key(), message.payload()),
+        }
+    }
+}
+
+/// Why the topic's metadata could not be read, with the Kafka error code where there is one.
+#[derive(Debug)]
+struct MetadataProblem {
+    code: Option<RDKafkaErrorCode>,
+    reason: String,
+}
+
+impl std::fmt::Display for MetadataProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Errors that mean fetching this topic does not work, as opposed to a connection blip that
+/// librdkafka retries on its own.
+fn is_fetch_failure(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::UnknownTopicId
+    )
+}
+
+/// An error code as the `code` label of `cdc_cache_kafka_errors_total`: the variant name in
+/// upper snake case (`TOPIC_AUTHORIZATION_FAILED`).
+pub fn code_name(code: RDKafkaErrorCode) -> String {
+    let camel: Vec<char> = format!("{code:?}").chars().collect();
+    let mut name = String::with_capacity(camel.len() + 8);
+    for (i, &c) in camel.iter().enumerate() {
+        // A word starts at a capital after a lower-case letter, or at the last capital of a
+        // run followed by a lower-case letter (`SSLHandshake` -> `SSL_HANDSHAKE`).
+        let starts_word = i > 0
+            && c.is_ascii_uppercase()
+            && (camel[i - 1].is_ascii_lowercase()
+                || camel[i - 1].is_ascii_digit()
+                || camel.get(i + 1).is_some_and(|n| n.is_ascii_lowercase())
+                    && camel[i - 1].is_ascii_uppercase());
+        if starts_word {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_become_upper_snake_labels() {
+        assert_eq!(
+            code_name(RDKafkaErrorCode::TopicAuthorizationFailed),
+            "TOPIC_AUTHORIZATION_FAILED"
+        );
+        assert_eq!(
+            code_name(RDKafkaErrorCode::UnknownTopicOrPartition),
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(code_name(RDKafkaErrorCode::AutoOffsetReset), "AUTO_OFFSET_RESET");
+        assert_eq!(code_name(RDKafkaErrorCode::SSL), "SSL");
+        assert_eq!(code_name(RDKafkaErrorCode::UnknownTopicId), "UNKNOWN_TOPIC_ID");
     }
 }

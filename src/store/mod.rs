@@ -7,13 +7,13 @@ mod readiness;
 mod record;
 mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 pub use partition::PartitionState;
 pub use readiness::Latch;
 pub use record::Found;
-pub use table::{Applied, Change, Progress, Table};
+pub use table::{Applied, Change, Progress, Table, TooLarge};
 
 use crate::config::TableConfig;
 
@@ -22,6 +22,10 @@ pub struct Store {
     tables: Vec<Arc<Table>>,
     ready: Latch,
     started_at: SystemTime,
+    /// The memory limit in force (flag or container), if any.
+    memory_limit: Option<u64>,
+    /// Set once when resident memory neared the limit: why loading stopped.
+    loading_stopped: OnceLock<String>,
 }
 
 /// Why a table name did not resolve.
@@ -35,11 +39,34 @@ pub enum TableLookupError {
 
 impl Store {
     pub fn new(tables: &[TableConfig]) -> Self {
+        Self::with_memory_limit(tables, None)
+    }
+
+    pub fn with_memory_limit(tables: &[TableConfig], memory_limit: Option<u64>) -> Self {
         Self {
             tables: tables.iter().map(|t| Arc::new(Table::new(t))).collect(),
             ready: Latch::new(),
             started_at: SystemTime::now(),
+            memory_limit,
+            loading_stopped: OnceLock::new(),
         }
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
+    /// Stops every table's loading (memory near the limit); the reason becomes their problem.
+    pub fn stop_loading(&self, reason: String) {
+        for table in &self.tables {
+            table.set_problem(Some(reason.clone()));
+        }
+        let _ = self.loading_stopped.set(reason);
+    }
+
+    /// Why loading stopped, once it has.
+    pub fn loading_stopped(&self) -> Option<&str> {
+        self.loading_stopped.get().map(String::as_str)
     }
 
     pub fn tables(&self) -> &[Arc<Table>] {
@@ -97,7 +124,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::Format;
+    use crate::format::Format;
 
     fn config(table: &str) -> TableConfig {
         TableConfig {
@@ -152,7 +179,7 @@ mod tests {
         table.apply(&p, 1, None, upsert("b", ""));
         table.apply(&p, 2, Some(1002), upsert("c", "third value"));
         let keys: [&[u8]; 5] = [b"c", b"missing", b"a", b"b", b"c"];
-        let many = table.get_many(&keys);
+        let many = table.get_many(&keys, usize::MAX).unwrap();
         let one_by_one: Vec<_> = keys.iter().map(|k| table.get(k)).collect();
         assert_eq!(many, one_by_one);
         assert_eq!(
@@ -161,7 +188,14 @@ mod tests {
         );
         assert_eq!(many[1], None);
         assert_eq!(many[3].as_ref().unwrap().offset, 1);
-        assert!(table.get_many::<&[u8]>(&[]).is_empty());
+        assert!(table.get_many::<&[u8]>(&[], 1024).unwrap().is_empty());
+        // Values beyond the limit: refused before the buffer is built.
+        let big = table.get_many(&[b"c", b"a", b"c"], 20).unwrap_err();
+        assert_eq!(
+            big.keys_answered, 2,
+            "11 + 5 bytes fit in 20, the third value does not"
+        );
+        assert_eq!(table.get_many(&[b"c", b"a"], 16).unwrap().len(), 2);
     }
 
     #[test]
@@ -209,15 +243,24 @@ mod tests {
     }
 
     #[test]
-    fn truncate_clears_everything() {
-        let (table, p) = one_partition_table(10);
-        table.apply(&p, 0, None, upsert("a", "1"));
-        table.apply(&p, 1, None, upsert("b", "1"));
-        assert_eq!(table.apply(&p, 2, None, Change::Truncate).0, Applied::Truncated);
-        assert!(table.is_empty());
-        assert_eq!(table.data_bytes(), 0);
-        table.apply(&p, 3, None, upsert("c", "1"));
-        assert_eq!(table.len(), 1);
+    fn truncate_clears_what_its_partition_wrote() {
+        let table = Table::new(&config("t"));
+        table.set_initial_partitions([PartitionState::new(0, 0, 10), PartitionState::new(1, 0, 10)]);
+        let (p0, p1) = (table.partition(0).unwrap(), table.partition(1).unwrap());
+        table.apply(&p0, 0, None, upsert("a", "1"));
+        table.apply(&p0, 1, None, upsert("b", "1"));
+        table.apply(&p1, 0, None, upsert("c", "22"));
+        assert_eq!(table.apply(&p0, 2, None, Change::Truncate).0, Applied::Truncated);
+        assert_eq!(table.get(b"a"), None);
+        assert_eq!(table.get(b"b"), None);
+        assert_eq!(
+            table.get(b"c").unwrap().value,
+            Bytes::from_static(b"22"),
+            "another partition's key stays"
+        );
+        assert_eq!(table.data_bytes(), 3);
+        table.apply(&p0, 3, None, upsert("d", "1"));
+        assert_eq!(table.len(), 2);
     }
 
     #[test]

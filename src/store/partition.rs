@@ -3,19 +3,26 @@
 //! Written only by the table's ingest thread, read by gRPC status calls and metrics, hence atomics
 //! rather than locks.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 #[derive(Debug)]
 pub struct PartitionState {
     partition: i32,
     /// The log start offset when reading began; bounds the bootstrap progress report.
     log_start: i64,
-    /// The log end offset at start-up: the partition has caught up once `position` reaches it.
-    end_offset: i64,
+    /// The log end offset at start-up (or when a reset began): the partition has caught up once
+    /// `position` reaches it.
+    end_offset: AtomicI64,
     /// Next offset to apply. Records below it are redeliveries and are ignored.
     position: AtomicI64,
     /// Latest high watermark (or last stable offset) heard from the broker.
     high_watermark: AtomicI64,
+    /// Latest log start offset heard from the broker (-1 until known).
+    reported_log_start: AtomicI64,
+    /// Being read again after a reset; rows it no longer has go once it has caught up.
+    rebuilding: AtomicBool,
+    /// Resets since start-up.
+    resets: AtomicU64,
     /// Kafka timestamp of the last applied record (ms since the epoch; 0 before the first).
     last_timestamp_ms: AtomicI64,
     caught_up: AtomicBool,
@@ -29,17 +36,21 @@ impl PartitionState {
         Self {
             partition,
             log_start,
-            end_offset,
+            end_offset: AtomicI64::new(end_offset),
             position: AtomicI64::new(log_start),
             high_watermark: AtomicI64::new(end_offset),
+            reported_log_start: AtomicI64::new(-1),
+            rebuilding: AtomicBool::new(false),
+            resets: AtomicU64::new(0),
             last_timestamp_ms: AtomicI64::new(0),
             caught_up: AtomicBool::new(end_offset <= log_start),
         }
     }
 
-    /// A partition added to the topic after start-up. It is read from its beginning like any
-    /// other, but it does not hold readiness back: the table already served a complete snapshot.
-    pub fn discovered(partition: i32) -> Self {
+    /// A partition that counts as caught up from the start: one added to the topic after
+    /// start-up. It is read from its beginning like any other, but it does not hold readiness
+    /// back: the table already served a complete snapshot.
+    pub fn already_caught_up(partition: i32) -> Self {
         Self::new(partition, 0, 0)
     }
 
@@ -52,7 +63,38 @@ impl PartitionState {
     }
 
     pub fn end_offset(&self) -> i64 {
-        self.end_offset
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// The log start offset the broker last reported (-1 until known).
+    pub fn reported_log_start(&self) -> i64 {
+        self.reported_log_start.load(Ordering::Relaxed)
+    }
+
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+    }
+
+    /// Starts reading the partition again from `from` after its log was reset; it counts as
+    /// caught up again once the position reaches `end_offset`, the log's end now.
+    pub fn begin_rebuild(&self, from: i64, end_offset: i64) {
+        let from = from.max(0);
+        let end_offset = end_offset.max(from);
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        self.rebuilding.store(true, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+        self.position.store(from, Ordering::Release);
+        self.high_watermark.store(end_offset, Ordering::Relaxed);
+        self.caught_up.store(end_offset <= from, Ordering::Release);
+    }
+
+    /// The rebuild is complete (the stale rows are gone).
+    pub fn end_rebuild(&self) {
+        self.rebuilding.store(false, Ordering::Release);
     }
 
     pub fn position(&self) -> i64 {
@@ -108,11 +150,17 @@ impl PartitionState {
         }
     }
 
+    pub fn observe_log_start(&self, log_start: i64) {
+        if log_start >= 0 {
+            self.reported_log_start.store(log_start, Ordering::Relaxed);
+        }
+    }
+
     fn move_position_to(&self, position: i64) -> bool {
         let previous = self.position.fetch_max(position, Ordering::AcqRel);
         let position = previous.max(position);
         self.high_watermark.fetch_max(position, Ordering::Relaxed);
-        position >= self.end_offset && !self.caught_up.swap(true, Ordering::AcqRel)
+        position >= self.end_offset() && !self.caught_up.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -125,7 +173,7 @@ mod tests {
         assert!(PartitionState::new(0, 0, 0).is_caught_up());
         // A compacted-away or deleted log: start == end above zero.
         assert!(PartitionState::new(0, 500, 500).is_caught_up());
-        assert!(PartitionState::discovered(3).is_caught_up());
+        assert!(PartitionState::already_caught_up(3).is_caught_up());
     }
 
     #[test]
@@ -187,5 +235,23 @@ mod tests {
         assert_eq!(p.lag(), 0);
         p.observe_high_watermark(-1);
         assert_eq!(p.high_watermark(), 3, "an unknown (-1) watermark is ignored");
+    }
+
+    #[test]
+    fn a_rebuild_reads_again_from_the_new_start_and_catches_up_at_the_new_end() {
+        let p = PartitionState::new(0, 0, 10);
+        p.advance_past(9, None);
+        assert!(p.is_caught_up());
+        p.begin_rebuild(0, 4);
+        assert!(p.is_rebuilding() && !p.is_caught_up());
+        assert_eq!((p.position(), p.end_offset(), p.resets()), (0, 4, 1));
+        assert!(p.is_new(0), "offsets of the new log are not redeliveries");
+        assert!(!p.advance_past(2, None));
+        assert!(p.advance_past(3, None));
+        p.end_rebuild();
+        assert!(!p.is_rebuilding());
+        // An empty new log is caught up at once.
+        p.begin_rebuild(7, 7);
+        assert!(p.is_caught_up());
     }
 }

@@ -7,8 +7,7 @@
 //!
 //! Why `unsafe`: a `Box<[u8]>` slot is 16 bytes (pointer and length) and the fixed header it
 //! carried was 24, where this layout needs 8 and about 12 (1 + 1 + 1 + 3 + 6 for a million offsets
-//! and a current timestamp). With hashbrown's slot array at load 0.48 (a million entries) that is
-//! 16.7 + 12 bytes less per entry; see BENCHMARKS.md. The unsafe code is the blocks below,
+//! and a current timestamp): tens of bytes less per entry, measured in BENCHMARKS.md. The unsafe code is the blocks below,
 //! all about turning the thin pointer back into the allocation it came from (a `Box<[u8]>`, or
 //! a mimalloc block for small records: see `SMALL_RECORD`).
 
@@ -111,6 +110,11 @@ impl Record {
         origin.with_value(Bytes::copy_from_slice(value))
     }
 
+    /// Where the record came from.
+    pub fn origin(&self) -> Origin {
+        self.parts().2
+    }
+
     /// The value, and where the record came from.
     pub fn value_and_origin(&self) -> (&[u8], Origin) {
         let (_, value, origin) = self.parts();
@@ -159,9 +163,8 @@ impl Drop for Record {
 /// (glibc). glibc puts an 8-byte header before each allocation and rounds to 16 bytes, so a
 /// 64-byte record takes 80; mimalloc has no header and, up to 128 bytes, size classes 8-16 bytes
 /// apart, so it takes 64. Above 128 its classes are 32 bytes or more apart and glibc wastes less (a
-/// 229-byte record: 256 in mimalloc, 240 in glibc). Measured on a million entries: all records in
-/// glibc 55 B/entry of overhead at ~52 B of data, all in mimalloc 40-43 B there but 69 instead of
-/// 55 B at 216 B of data; see BENCHMARKS.md.
+/// 229-byte record: 256 in mimalloc, 240 in glibc). The per-entry figures of each choice are in
+/// BENCHMARKS.md.
 const SMALL_RECORD: usize = 128;
 
 #[cfg(not(miri))]

@@ -1,6 +1,7 @@
 //! One cached topic: the key-value map plus the progress of every partition feeding it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -11,7 +12,9 @@ use dashmap::DashMap;
 use super::partition::PartitionState;
 use super::readiness::Latch;
 use super::record::{Found, Record};
-use crate::config::{Format, TableConfig};
+use crate::clock::now_ms;
+use crate::config::TableConfig;
+use crate::format::{Format, KeyShapes};
 
 /// A decoded record: what it does to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +26,20 @@ pub enum Change {
     Delete {
         key: Vec<u8>,
     },
-    /// The source table was truncated: every key goes.
+    /// The source table was truncated. Only the keys this record's partition wrote go: how
+    /// the truncate orders against records of other partitions is unknown, and a rule that
+    /// depends on arrival order would give another map after every restart.
     Truncate,
+}
+
+impl Change {
+    /// The key the change concerns; None for a truncate.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Change::Upsert { key, .. } | Change::Delete { key } => Some(key),
+            Change::Truncate => None,
+        }
+    }
 }
 
 /// What applying a record did.
@@ -35,6 +50,24 @@ pub enum Applied {
     Truncated,
     /// The offset was applied before (a redelivery); nothing changed.
     Duplicate,
+    /// The key is held from another partition with a newer record; it stays (see
+    /// [`Table::apply`]).
+    Superseded,
+}
+
+/// Which of two records of one key from different partitions is the newer: the later Kafka
+/// timestamp, then the higher partition number. Arbitrary for equal timestamps, but the same on
+/// every replay, so a restart never turns a row into another.
+fn newer(a: (i64, i32), b: (i64, i32)) -> bool {
+    a > b
+}
+
+/// A MultiGet whose values would not fit in one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    /// Keys whose values fitted before the limit was passed.
+    pub keys_answered: usize,
+    pub max_bytes: usize,
 }
 
 /// How far a bootstrap has got, for "not ready yet" answers.
@@ -46,7 +79,6 @@ pub struct Progress {
     pub partitions_caught_up: usize,
 }
 
-#[derive(Debug)]
 pub struct Table {
     name: String,
     topic: String,
@@ -57,13 +89,41 @@ pub struct Table {
     partitions_known: AtomicBool,
     /// Bytes of keys and values held (not counting map overhead).
     data_bytes: AtomicI64,
+    /// Keys deleted during bootstrap, with the (timestamp, partition) of the delete: while
+    /// partitions are replayed in no particular order, an older row of the same key from another
+    /// partition must not come back after its delete. Dropped once the table is ready.
+    bootstrap_deletes: DashMap<Box<[u8]>, (i64, i32)>,
+    /// Records of a key that arrived from a partition other than the one holding it.
+    key_conflicts: AtomicU64,
     skipped: AtomicU64,
-    /// Wall-clock ms of the last sign of life from the broker (a record, end of partition, or a
-    /// statistics report with a broker up).
+    /// Wall-clock ms of the last sign that fetching works: a record, an end of partition, or a
+    /// statistics report with a broker up while no fetch error is outstanding.
     last_broker_contact_ms: AtomicI64,
+    /// Fetches fail (topic gone, authorization revoked) though the connection may be fine.
+    fetch_failing: AtomicBool,
+    /// What keeps the table from being current, for Status; None when nothing is known wrong.
+    problem: RwLock<Option<String>>,
+    /// Field names and types of the keys seen (debezium tables), to explain wrong-type misses.
+    key_shapes: KeyShapes,
     ready: Latch,
     started: Instant,
+    started_at_ms: i64,
     bootstrap_duration: OnceLock<Duration>,
+}
+
+impl fmt::Debug for Table {
+    // The map can hold millions of entries: show its size, not its keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .field("format", &self.format)
+            .field("entries", &self.len())
+            .field("data_bytes", &self.data_bytes())
+            .field("partitions", &self.partitions())
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Table {
@@ -76,10 +136,16 @@ impl Table {
             partitions: RwLock::new(BTreeMap::new()),
             partitions_known: AtomicBool::new(false),
             data_bytes: AtomicI64::new(0),
+            bootstrap_deletes: DashMap::new(),
+            key_conflicts: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             last_broker_contact_ms: AtomicI64::new(0),
+            fetch_failing: AtomicBool::new(false),
+            problem: RwLock::new(None),
+            key_shapes: KeyShapes::new(),
             ready: Latch::new(),
             started: Instant::now(),
+            started_at_ms: now_ms(),
             bootstrap_duration: OnceLock::new(),
         }
     }
@@ -108,6 +174,12 @@ impl Table {
         self.data_bytes.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Records of a key that arrived from another partition than the one that wrote it (a key
+    /// whose bytes changed, so the producer's partitioner sent it elsewhere).
+    pub fn key_conflicts(&self) -> u64 {
+        self.key_conflicts.load(Ordering::Relaxed)
+    }
+
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
@@ -132,6 +204,40 @@ impl Table {
         self.last_broker_contact_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
+    /// A statistics report says a broker is up: progress unless fetches are failing, which a live
+    /// connection does not fix.
+    pub fn note_broker_up(&self, now_ms: i64) {
+        if !self.fetch_failing.load(Ordering::Relaxed) {
+            self.note_broker_contact(now_ms);
+        }
+    }
+
+    pub fn set_fetch_failing(&self, failing: bool) {
+        self.fetch_failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// What keeps the table from being current (a missing topic, failing fetches), if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Milliseconds since the consumer last heard from the broker (counted from start-up before
+    /// the first contact). The one computation behind the metric and `Status`.
+    pub fn broker_silence_ms(&self, now_ms: i64) -> i64 {
+        let contact = self.last_broker_contact_ms();
+        let since = if contact > 0 { contact } else { self.started_at_ms };
+        (now_ms - since).max(0)
+    }
+
+    /// The shapes of the keys stored so far (debezium tables).
+    pub fn key_shapes(&self) -> &KeyShapes {
+        &self.key_shapes
+    }
+
     /// Registers the partitions present at start-up with their log bounds.
     pub fn set_initial_partitions(&self, partitions: impl IntoIterator<Item = PartitionState>) {
         let mut map = self.partitions.write().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +254,7 @@ impl Table {
         if map.contains_key(&partition) {
             return None;
         }
-        let state = Arc::new(PartitionState::discovered(partition));
+        let state = Arc::new(PartitionState::already_caught_up(partition));
         map.insert(partition, state.clone());
         Some(state)
     }
@@ -173,6 +279,11 @@ impl Table {
 
     /// Applies one record of `partition` at `offset`. Redeliveries (offsets already applied) are
     /// ignored, so the map always equals the last write per key in offset order.
+    ///
+    /// Within a partition, offset order decides. A key held from another partition (Debezium
+    /// sends a row elsewhere once its key's bytes change, and compaction never removes the old
+    /// copy) is replaced or deleted only by a newer record by [`newer`]'s rule, so the row that
+    /// wins does not depend on the order partitions are replayed in.
     /// Returns what happened and whether the partition caught up with its start-up end.
     pub fn apply(
         &self,
@@ -186,34 +297,79 @@ impl Table {
         }
         let applied = match change {
             Change::Upsert { key, value } => {
+                if self.format == Format::Debezium {
+                    self.key_shapes.observe(&key);
+                }
                 let added = (key.len() + value.len()) as i64;
-                let record = Record::new(
-                    &key,
-                    &value,
-                    partition.partition(),
-                    offset,
-                    timestamp_ms.unwrap_or(-1),
-                );
+                let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
+                let record = Record::new(&key, &value, incoming.1, offset, incoming.0);
                 // Replace key and value in place, so a concurrent reader never sees the key absent.
-                let removed = match self.entries.entry(record) {
-                    dashmap::Entry::Occupied(entry) => entry.replace_entry(()).0.data_len(),
-                    dashmap::Entry::Vacant(entry) => {
-                        entry.insert(());
-                        0
+                match self.entries.entry(record) {
+                    dashmap::Entry::Occupied(entry) => {
+                        let held = entry.key().origin();
+                        if held.partition != incoming.1 {
+                            self.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                            if newer((held.timestamp_ms, held.partition), incoming) {
+                                return (Applied::Superseded, partition.advance_past(offset, timestamp_ms));
+                            }
+                        }
+                        let removed = entry.replace_entry(()).0.data_len();
+                        self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
+                        Applied::Upserted
                     }
-                };
-                self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
-                Applied::Upserted
+                    dashmap::Entry::Vacant(entry) => {
+                        let deleted_later = self
+                            .bootstrap_deletes
+                            .get(key.as_slice())
+                            .is_some_and(|delete| delete.1 != incoming.1 && newer(*delete, incoming));
+                        if deleted_later {
+                            self.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                            drop(entry);
+                            return (Applied::Superseded, partition.advance_past(offset, timestamp_ms));
+                        }
+                        entry.insert(());
+                        self.data_bytes.fetch_add(added, Ordering::Relaxed);
+                        Applied::Upserted
+                    }
+                }
             }
             Change::Delete { key } => {
-                if let Some((record, ())) = self.entries.remove(key.as_slice()) {
+                let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
+                let mut held_elsewhere_newer = false;
+                let removed = self.entries.remove_if(key.as_slice(), |record, ()| {
+                    let held = record.origin();
+                    let keep =
+                        held.partition != incoming.1 && newer((held.timestamp_ms, held.partition), incoming);
+                    held_elsewhere_newer = keep;
+                    !keep
+                });
+                if let Some((record, ())) = removed {
+                    if record.origin().partition != incoming.1 {
+                        self.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
                 }
-                Applied::Deleted
+                if !self.is_ready() {
+                    self.bootstrap_deletes.insert(key.into_boxed_slice(), incoming);
+                }
+                if held_elsewhere_newer {
+                    self.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                    Applied::Superseded
+                } else {
+                    Applied::Deleted
+                }
             }
             Change::Truncate => {
-                self.entries.clear();
-                self.data_bytes.store(0, Ordering::Relaxed);
+                let truncated = partition.partition();
+                let mut removed = 0;
+                self.entries.retain(|record, ()| {
+                    let keep = record.origin().partition != truncated;
+                    if !keep {
+                        removed += record.data_len();
+                    }
+                    keep
+                });
+                self.data_bytes.fetch_sub(removed, Ordering::Relaxed);
                 Applied::Truncated
             }
         };
@@ -231,6 +387,30 @@ impl Table {
         partition.advance_past(offset, timestamp_ms)
     }
 
+    /// The keys held from `partition`, for a rebuild to remove those the partition's new log
+    /// no longer has.
+    pub fn keys_of_partition(&self, partition: i32) -> Vec<Box<[u8]>> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.key().origin().partition == partition)
+            .map(|entry| Box::from(entry.key().key()))
+            .collect()
+    }
+
+    /// Removes `key` if it is still held from `partition`; true when it was.
+    pub fn remove_from_partition(&self, key: &[u8], partition: i32) -> bool {
+        match self
+            .entries
+            .remove_if(key, |record, ()| record.origin().partition == partition)
+        {
+            Some((record, ())) => {
+                self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         // The shard guard lives only for this expression: copy out and release.
         self.entries.get(key).map(|entry| entry.key().found())
@@ -238,31 +418,45 @@ impl Table {
 
     /// Looks up every key in order. The values found are copied into one buffer that the results
     /// share (slices of it), instead of one allocation per value; a result kept alive keeps the
-    /// whole buffer.
-    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Found>> {
+    /// whole buffer. Stops with [`TooLarge`] once the values pass `max_bytes`, so a request
+    /// for many large rows never builds an answer that cannot be sent.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Found>>, TooLarge> {
         let mut values = BytesMut::new();
-        let hits: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(index, key)| {
-                // As in `get`, each shard guard lives only while its value is copied out.
-                self.entries.get(key.as_ref()).map(|entry| {
-                    let (value, origin) = entry.key().value_and_origin();
-                    if values.capacity() == 0 {
-                        // Sized from the first value, so the buffer rarely grows (and copies)
-                        // while a guard is held.
-                        values.reserve(value.len().max(16) * (keys.len() - index));
-                    }
-                    let start = values.len();
+        let mut hits = Vec::with_capacity(keys.len());
+        for (index, key) in keys.iter().enumerate() {
+            // As in `get`, each shard guard lives only while its value is copied out.
+            let hit = self.entries.get(key.as_ref()).map(|entry| {
+                let (value, origin) = entry.key().value_and_origin();
+                if values.capacity() == 0 {
+                    // Sized from the first value, so the buffer rarely grows (and copies) while
+                    // a guard is held; never beyond what may be sent.
+                    values.reserve((value.len().max(16) * (keys.len() - index)).min(max_bytes));
+                }
+                let start = values.len();
+                if start + value.len() <= max_bytes {
                     values.extend_from_slice(value);
-                    (start..values.len(), origin)
-                })
-            })
-            .collect();
+                }
+                (start..start + value.len(), origin)
+            });
+            if let Some((range, _)) = &hit {
+                if range.end > max_bytes {
+                    return Err(TooLarge {
+                        keys_answered: index,
+                        max_bytes,
+                    });
+                }
+            }
+            hits.push(hit);
+        }
         let values = values.freeze();
-        hits.into_iter()
+        Ok(hits
+            .into_iter()
             .map(|hit| hit.map(|(range, origin)| origin.with_value(values.slice(range))))
-            .collect()
+            .collect())
     }
 
     /// True when the start-up partitions are known and every one has caught up.
@@ -282,7 +476,13 @@ impl Table {
             return false;
         }
         let _ = self.bootstrap_duration.set(self.started.elapsed());
-        self.ready.open()
+        let first = self.ready.open();
+        if first {
+            // Replay order no longer matters: records now arrive as they are written.
+            self.bootstrap_deletes.clear();
+            self.bootstrap_deletes.shrink_to_fit();
+        }
+        first
     }
 
     pub fn progress(&self) -> Progress {

@@ -2,6 +2,7 @@
 //! app in-process or as the real binary, producers, and a real gRPC client over a real socket.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use cdc_cache::app::{self, AppError};
-use cdc_cache::config::{Cli, Command as CliCommand};
+use cdc_cache::cli::{Cli, Command as CliCommand};
 use cdc_cache::listeners::Listeners;
 use cdc_cache::proto::cache_client::CacheClient;
 use cdc_cache::proto::{GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse};
@@ -43,7 +44,7 @@ impl TestApp {
         // Ports chosen by the OS unless the test picks its own listener.
         for (flag, default) in [
             ("--grpc-listen", "127.0.0.1:0"),
-            ("--metrics-listen", "127.0.0.1:0"),
+            ("--admin-listen", "127.0.0.1:0"),
         ] {
             if !args.contains(&flag) {
                 argv.extend([flag, default]);
@@ -170,11 +171,13 @@ pub async fn health(addr: &str, service: &str) -> ServingStatus {
     ServingStatus::try_from(response.status).expect("known status")
 }
 
-/// A record to produce: key, value (None = tombstone), and optionally a fixed partition.
+/// A record to produce: key, value (None = tombstone), and optionally a fixed partition and
+/// Kafka timestamp.
 pub struct Record<'a> {
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
     pub partition: Option<i32>,
+    pub timestamp: Option<i64>,
 }
 
 pub fn upsert<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
@@ -182,6 +185,7 @@ pub fn upsert<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
         key,
         value: Some(value),
         partition: None,
+        timestamp: None,
     }
 }
 
@@ -190,12 +194,18 @@ pub fn tombstone(key: &[u8]) -> Record<'_> {
         key,
         value: None,
         partition: None,
+        timestamp: None,
     }
 }
 
 impl<'a> Record<'a> {
     pub fn on_partition(mut self, partition: i32) -> Self {
         self.partition = Some(partition);
+        self
+    }
+
+    pub fn at(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp = Some(timestamp_ms);
         self
     }
 }
@@ -224,6 +234,9 @@ pub fn send_all(producer: &BaseProducer, topic: &str, records: &[Record<'_>]) {
         }
         if let Some(p) = record.partition {
             r = r.partition(p);
+        }
+        if let Some(ts) = record.timestamp {
+            r = r.timestamp(ts);
         }
         loop {
             match producer.send(r) {
@@ -255,8 +268,146 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, compact: 
         .await
         .expect("create topics");
     for result in results {
-        result.expect("topic created");
+        match result {
+            // A rerun against an external cluster finds the topic of the last run.
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                if external_brokers().is_some() =>
+            {
+                delete_topic(brokers, topic).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Box::pin(create_topic(brokers, topic, partitions, compact)).await;
+            }
+            result => {
+                result.expect("topic created");
+            }
+        }
     }
+}
+
+pub async fn delete_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("delete topics");
+    for result in results {
+        result.expect("topic deleted");
+    }
+}
+
+/// What a cold start would hold: every partition of `topic` read to its end by a bare consumer,
+/// the last write per key in offset order (keys are assumed to stay in one partition).
+/// Redelivered offsets (Tansu repeats batches) count once.
+pub fn topic_contents(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "truth")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    type KeyAndValue = (Vec<u8>, Option<Vec<u8>>);
+    let mut records: BTreeMap<(i32, i64), KeyAndValue> = BTreeMap::new();
+    let mut ended = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ended.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if let Some(key) = m.key() {
+                    records.insert(
+                        (m.partition(), m.offset()),
+                        (key.to_vec(), m.payload().map(<[u8]>::to_vec)),
+                    );
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            _ => {}
+        }
+    }
+    let mut contents = BTreeMap::new();
+    for (key, value) in records.into_values() {
+        match value {
+            Some(value) => contents.insert(key, value),
+            None => contents.remove(&key),
+        };
+    }
+    contents
+}
+
+/// Waits until the cache holds exactly `expected` for `table` (every key equal, `entries` equal).
+pub async fn wait_cache_is(
+    client: &Client,
+    table: &str,
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    timeout: Duration,
+) {
+    eventually(timeout, "the cache to equal the topic", || {
+        let mut client = client.clone();
+        async move {
+            let status = status(&mut client).await;
+            let entries = status
+                .tables
+                .iter()
+                .find(|t| table.is_empty() || t.table == table)?
+                .entries;
+            if entries != expected.len() as u64 {
+                return None;
+            }
+            for (key, want) in expected {
+                if value(&mut client, table, key).await.as_ref() != Some(want) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
+/// The broker for the end-to-end suite: `CDC_CACHE_TEST_BROKERS` (an external Kafka, opt-in) or
+/// None for a Tansu started by the test.
+pub fn external_brokers() -> Option<String> {
+    std::env::var("CDC_CACHE_TEST_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
+/// True (with a notice) when the test needs a broker it controls (stop, restart, edit its
+/// storage) but runs against an external one.
+pub fn needs_own_broker(test: &str) -> bool {
+    if external_brokers().is_some() {
+        eprintln!("{test}: skipped against CDC_CACHE_TEST_BROKERS (it stops or edits the broker)");
+        return true;
+    }
+    false
+}
+
+/// Runs a Python sqlite script on a stopped Tansu's store (`sys.argv[1]` is the database).
+pub fn edit_tansu_store(db: &Path, script: &str, args: &[&str]) {
+    let status = Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap()])
+        .args(args)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "could not edit the Tansu store");
 }
 
 /// Minimal HTTP/1.0 GET: returns the status code and body.
@@ -292,6 +443,8 @@ pub struct Tansu {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `CDC_CACHE_TEST_BROKERS`: the tests run against it and nothing is started.
+    external: Option<String>,
 }
 
 impl Tansu {
@@ -317,17 +470,27 @@ impl Tansu {
             port,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            external: external_brokers(),
         };
-        tansu.restart().await;
+        if tansu.external.is_none() {
+            tansu.restart().await;
+        }
         tansu
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(brokers) => brokers.clone(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// (Re)starts the broker process on the same port and storage.
     pub async fn restart(&mut self) {
+        assert!(
+            self.external.is_none(),
+            "an external broker is not ours to restart"
+        );
         assert!(self.child.is_none(), "already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
@@ -401,7 +564,7 @@ impl Sidecar {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
             .args(["serve", "--brokers", brokers, "--grpc-listen", &grpc])
-            .args(["--metrics-listen", &admin.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
             .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())

@@ -329,11 +329,21 @@ proptest! {
                                       envelope in any::<bool>(), pad in "[ \n\t]{0,2}") {
         let row = format!("{{{}}}", fields.iter().map(|(k, v)| format!("{pad}\"{k}\"{pad}:{pad}{v}")).collect::<Vec<_>>().join(","));
         let value = if envelope { format!(r#"{{"before":null,"after":{row},"op":"{op}"}}"#) } else { row };
-        if let Ok(Change::Upsert { value, .. }) = decode(Format::Debezium, Some(br#"{"id":1}"#), Some(value.as_bytes())) {
-            let text = String::from_utf8(value).expect("utf-8");
-            let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
-            prop_assert!(parsed.is_object());
-            prop_assert!(!text.contains('\n'));
+        let decoded = decode(Format::Debezium, Some(br#"{"id":1}"#), Some(value.as_bytes()));
+        match (envelope, op) {
+            (true, "d") => prop_assert_eq!(decoded, Ok(Change::Delete { key: br#"{"id":1}"#.to_vec() })),
+            (true, "t") => prop_assert_eq!(decoded, Ok(Change::Truncate)),
+            (true, "x") => prop_assert_eq!(decoded, Err(DecodeError::UnsupportedOp("x".into()))),
+            // c, r, u and flattened rows: an upsert of compact JSON.
+            _ => {
+                let Ok(Change::Upsert { value, .. }) = decoded else {
+                    return Err(TestCaseError::fail(format!("expected an upsert, got {decoded:?}")));
+                };
+                let text = String::from_utf8(value).expect("utf-8");
+                let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+                prop_assert!(parsed.is_object());
+                prop_assert!(!text.contains('\n'));
+            }
         }
     }
 }

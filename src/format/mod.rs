@@ -1,5 +1,8 @@
-//! Pure decoding: a record's key and value bytes become a [`Change`] to the map. No I/O here, so
-//! every record shape is a table-driven unit test.
+//! Row formats: how a topic's key and value bytes become a [`Change`] to the map, and how a
+//! request key is brought into the form keys are stored in. Both ingest (decoding records) and
+//! gRPC (canonicalizing request keys) use this module; neither reaches into the other.
+//!
+//! Decoding is pure: no I/O here, so every record shape is a table-driven unit test.
 //!
 //! `raw` stores bytes as they are. `debezium` understands Debezium's JSON (Kafka Connect's
 //! JsonConverter, with or without `schemas.enable`):
@@ -8,7 +11,7 @@
 //!   fields in the order received: `{"id":1}`, `{"order_id":7,"line":2}`.
 //! - **Value**, after removing a schema envelope the same way, is one of:
 //!   - a *change event* when it is an object with a string `op` and a `before` or `after` field:
-//!     `c`, `r`, `u` store `after`; `d` deletes; `t` (truncate) clears the table;
+//!     `c`, `r`, `u` store `after`; `d` deletes; `t` (truncate) clears what this partition wrote;
 //!   - otherwise a *flattened row* (ExtractNewRecordState): the object is the row; with
 //!     `"__deleted":"true"` it is a delete, and the `__deleted` field is never stored;
 //!   - `null` (the 4-byte JSON value, or an envelope whose payload is null) deletes, as does a
@@ -23,8 +26,34 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::config::Format;
 use crate::store::Change;
+
+mod key_shape;
+pub use key_shape::{KeyShape, KeyShapes};
+
+/// How a topic's records are decoded into keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Key and value bytes stored as they are; a null value deletes.
+    Raw,
+    /// Debezium change events (JSON); keys are the primary key as compact JSON.
+    Debezium,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Debezium => "debezium",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -1,0 +1,260 @@
+//! The command line: clap types for every subcommand. Every serve flag is also an environment
+//! variable (`CDC_CACHE_<FLAG>`) because Kubernetes configures containers through env.
+//! [`crate::config`] validates what is parsed here into a [`Config`].
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, ConfigError, OnDecodeError};
+use crate::format::Format;
+
+/// The address both the server and its clients default to.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+
+#[derive(Debug, Parser)]
+#[command(name = "cdc-cache", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log output: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "CDC_CACHE_LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load compacted topics into memory and serve them over gRPC.
+    Serve(ServeArgs),
+    /// Run against an embedded Kafka mock seeded with a sample table; nothing else needed.
+    Demo(DemoArgs),
+    /// Look keys up in a running cdc-cache and print their values.
+    Get(GetArgs),
+    /// Print the bootstrap and tailing progress of a running cdc-cache.
+    Status(ClientArgs),
+    /// Wait until a running cdc-cache is ready (for a postStart hook or a script).
+    Wait(WaitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "CDC_CACHE_BROKERS", value_name = "HOST:PORT[,...]")]
+    pub brokers: String,
+
+    /// A compacted topic to cache, optionally with a table name and a format
+    /// (`orders`, `orders=orders_v1`, `dbz.public.orders=orders:debezium`). Repeatable; the env var
+    /// takes a comma-separated list.
+    #[arg(
+        long = "topic",
+        env = "CDC_CACHE_TOPICS",
+        value_name = "TOPIC[=TABLE][:FORMAT]",
+        value_delimiter = ','
+    )]
+    pub topics: Vec<String>,
+
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+impl ServeArgs {
+    /// Validates the arguments. `env` is the process environment, passed in so that tests never
+    /// have to mutate the real one (see [`config::Config`] for what is read from it).
+    pub fn into_config(self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::NoBrokers);
+        }
+        let tables = config::parse_topics(&self.topics, self.options.format)?;
+        self.options
+            .into_config(self.brokers.trim().to_string(), tables, env)
+    }
+}
+
+/// Options shared by `serve` and `demo`.
+#[derive(Debug, Args)]
+pub struct ServeOptions {
+    /// How record keys and values are decoded, for topics that name no format.
+    #[arg(long, env = "CDC_CACHE_FORMAT", default_value = "raw")]
+    pub format: Format,
+
+    /// gRPC address: HOST:PORT, or `unix:/path` for a unix socket.
+    #[arg(long, env = "CDC_CACHE_GRPC_LISTEN", default_value = DEFAULT_GRPC_ADDR)]
+    pub grpc_listen: String,
+
+    /// Permissions of the unix socket (octal). The default lets the socket's group connect: in a
+    /// pod that is the fsGroup shared with the app container.
+    #[arg(
+        long,
+        env = "CDC_CACHE_GRPC_SOCKET_MODE",
+        default_value = "0660",
+        value_name = "OCTAL"
+    )]
+    pub grpc_socket_mode: String,
+
+    /// Allow --grpc-listen on a non-loopback address (the cache holds the app's data).
+    #[arg(long, env = "CDC_CACHE_ALLOW_REMOTE")]
+    pub allow_remote: bool,
+
+    /// Admin HTTP address: /metrics, /healthz, /readyz and the gRPC health service
+    /// [default: 127.0.0.1:9464]. `[::]:PORT` listens on IPv6 and IPv4 (IPv4 only where the
+    /// kernel has no IPv6).
+    #[arg(long, env = "CDC_CACHE_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
+
+    /// Deprecated name of --admin-listen.
+    #[arg(long, env = "CDC_CACHE_METRICS_LISTEN", hide = true, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+
+    /// A librdkafka property (TLS, SASL, timeouts), taken whole: a value may contain commas.
+    /// Repeatable. From the environment: one CDC_CACHE_KAFKA_<KEY> per property (dots as
+    /// underscores, e.g. CDC_CACHE_KAFKA_SASL_PASSWORD), or CDC_CACHE_KAFKA_OPTIONS with
+    /// comma-separated KEY=VALUE pairs (write a comma inside a value as `\,`).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+
+    /// The client.id the brokers see, for quotas and broker logs [default: cdc-cache-$POD_NAME
+    /// when POD_NAME is set, else cdc-cache].
+    #[arg(long, env = "CDC_CACHE_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// Most keys accepted in one MultiGet.
+    #[arg(long, env = "CDC_CACHE_MAX_MULTIGET_KEYS", default_value_t = 10_000)]
+    pub max_multiget_keys: usize,
+
+    /// Largest gRPC message sent or received, in bytes (values of several MB must fit).
+    #[arg(long, env = "CDC_CACHE_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
+
+    /// After SIGTERM, keep answering for this long before shutting down, so an app that got
+    /// the same signal can finish its own requests (classic sidecar mode).
+    #[arg(long, env = "CDC_CACHE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// How long in-flight gRPC calls may take to finish once shutdown starts.
+    #[arg(long, env = "CDC_CACHE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often topics are checked for partitions added since start-up.
+    #[arg(long, env = "CDC_CACHE_PARTITION_DISCOVERY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub partition_discovery_interval: Duration,
+
+    /// What an undecodable record does: `skip` counts and logs it, `fail` stops the sidecar.
+    #[arg(long, env = "CDC_CACHE_ON_DECODE_ERROR", default_value = "skip")]
+    pub on_decode_error: OnDecodeError,
+
+    /// Stop loading (NOT_SERVING, with an error naming the table) once resident memory reaches
+    /// this share of the container's memory limit, instead of being OOM-killed. 0 turns it off.
+    #[arg(
+        long,
+        env = "CDC_CACHE_MEMORY_LIMIT_RATIO",
+        default_value_t = 0.9,
+        value_name = "RATIO"
+    )]
+    pub memory_limit_ratio: f64,
+
+    /// The memory limit to stay under, in bytes (suffixes Ki, Mi, Gi) [default: the container's
+    /// cgroup limit, if any].
+    #[arg(long, env = "CDC_CACHE_MEMORY_LIMIT", value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rows in the sample table.
+    #[arg(long, env = "CDC_CACHE_DEMO_ROWS", default_value_t = 5_000)]
+    pub rows: u32,
+
+    /// Seconds between live updates written to the sample topic while serving (0: none).
+    #[arg(long, env = "CDC_CACHE_DEMO_UPDATE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub update_interval: Duration,
+
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address of the cdc-cache gRPC listener (HOST:PORT or unix:/path).
+    #[arg(long, env = "CDC_CACHE_GRPC_LISTEN", default_value = DEFAULT_GRPC_ADDR)]
+    pub addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Table to read; may be omitted when the server has a single table.
+    #[arg(long, default_value = "")]
+    pub table: String,
+
+    /// How the KEY arguments are written: as text, or as the bytes in hex or base64 (for
+    /// binary keys of raw tables).
+    #[arg(long, default_value = "utf8")]
+    pub key_format: KeyFormat,
+
+    /// `text`: one key prints the bare value, several print KEY<TAB>VALUE lines. `json`: one
+    /// JSON object per key and line, with found, value, partition, offset and timestamp_ms.
+    #[arg(long, default_value = "text")]
+    pub output: Output,
+
+    /// Keys to look up.
+    #[arg(required = true, value_name = "KEY")]
+    pub keys: Vec<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How `cdc-cache get` reads its KEY arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyFormat {
+    Utf8,
+    Hex,
+    Base64,
+}
+
+/// How `cdc-cache get` prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return Err(format!("unknown unit {unit:?} (expected bytes, or Ki, Mi, Gi)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "expected a positive number of bytes, e.g. 536870912 or 512Mi".to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 2m)"))
+}
