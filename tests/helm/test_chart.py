@@ -1,6 +1,9 @@
-"""Helm chart tests: the real `helm` renders the chart and the example parent chart for a matrix
-of values; every built-in object is validated strictly against the Kubernetes 1.33 schemas, and the
-parsed objects are checked for what the sidecar needs (placement, env, probes, security, secrets).
+"""Helm chart tests: the real `helm` renders the chart, the example parent chart and parent charts
+written here (two copies in one pod, a pod with its own init containers and volumes) for a matrix
+of values; every built-in object is validated strictly against the Kubernetes 1.33 schemas, the
+YAML is checked for duplicate keys, and the parsed objects are checked for what a real cluster
+needs: placement, env, probes, security, secrets, the socket directory and its group, names that
+stay apart, deadlines derived from the bootstrap budget, network policy and monitoring scope.
 
 Run: python -m pytest tests/helm -q   (scripts/test installs helm and the Python packages).
 """
@@ -20,6 +23,8 @@ CHART = REPO / "helm" / "cdc-cache"
 EXAMPLE = REPO / "helm" / "examples" / "orders-app"
 KUBE_VERSION = "1.33.0"
 ADMIN_PORT = 9464
+ADMIN_PORT_NAME = "cdc-cache-admin"
+BUDGET = 10 * 180  # the default bootstrap budget: probes.startup periodSeconds x failureThreshold
 
 # Kinds kubernetes-validate has no schema for; their structure is asserted in the tests below.
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
@@ -27,7 +32,12 @@ CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 # A password that only ever lives in a Secret: it must never reach values output or errors.
 SENTINEL = "s3ntinel-Pa55word-do-not-inline"
 
+# Kubernetes' port name rule (IANA_SVC_NAME): at most 15 characters, lower-case letters, digits and
+# single dashes, at least one letter, no dash at either end.
+PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
 BASE = {
+    "image": {"repository": "registry.example.com/platform/cdc-cache"},
     "kafka": {"brokers": "kafka-1:9092,kafka-2:9092"},
     "topics": [
         {"topic": "dbz.public.orders", "table": "orders", "format": "debezium"},
@@ -45,24 +55,23 @@ SASL = {
             "security.protocol": "SASL_SSL",
             "sasl.mechanism": "SCRAM-SHA-512",
             "sasl.username": "orders-reader",
-            "queued.max.messages.kbytes": 16384,
+            "fetch.wait.max.ms": 100,
             "socket.keepalive.enable": True,
         },
         "secretOptions": [{"option": "sasl.password", "secretName": "kafka-creds", "secretKey": "password"}],
     }
 }
 
+# Mutual TLS to Strimzi: the cluster CA and the KafkaUser certificate live in two Secrets.
 TLS = {
     "kafka": {
         "options": {"security.protocol": "SSL"},
         "tls": {
             "enabled": True,
-            "secretName": "kafka-client-tls",
-            "caKey": "ca.crt",
-            "certKey": "tls.crt",
-            "keyKey": "tls.key",
+            "ca": {"secretName": "my-cluster-cluster-ca-cert", "key": "ca.crt"},
+            "clientCert": {"secretName": "orders-reader", "certKey": "user.crt", "keyKey": "user.key"},
         },
-        "secretOptions": [{"option": "ssl.key.password", "secretName": "kafka-client-tls", "secretKey": "key-password"}],
+        "secretOptions": [{"option": "ssl.key.password", "secretName": "orders-reader", "secretKey": "user.password"}],
     }
 }
 
@@ -73,6 +82,9 @@ MONITORING = {
         "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Kafka"}},
     }
 }
+
+UNIX = {"grpcListen": "unix"}
+CLASSIC = {"nativeSidecar": False}
 
 
 def merge(*layers):
@@ -110,6 +122,27 @@ def helm(*args, check=True):
     return result
 
 
+class StrictLoader(yaml.SafeLoader):
+    """A duplicate key (two env vars or labels rendered with one name) is an error, not last-wins."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_all(text):
+    return [d for d in yaml.load_all(text, Loader=StrictLoader) if d]
+
+
 @pytest.fixture
 def values_file(tmp_path):
     """Writes values to a file (as a user would), so types survive exactly; --set would coerce."""
@@ -134,8 +167,8 @@ def example_chart(tmp_path_factory):
     return chart
 
 
-def template(chart, values_path=None, release="r1", check=True, extra=()):
-    args = ["template", release, chart, "--namespace", "shop", "--kube-version", KUBE_VERSION, *extra]
+def template(chart, values_path=None, release="r1", check=True, extra=(), kube_version=KUBE_VERSION):
+    args = ["template", release, chart, "--namespace", "shop", "--kube-version", kube_version, *extra]
     if values_path is not None:
         args += ["--values", values_path]
     return helm(*args, check=check)
@@ -147,7 +180,7 @@ def render(values_file):
 
     def run(values, chart=CHART, release="r1"):
         out = template(chart, values_file(values), release=release).stdout
-        docs = [d for d in yaml.safe_load_all(out) if d]
+        docs = load_all(out)
         validate(docs)
         return docs
 
@@ -158,8 +191,8 @@ def render(values_file):
 def refuse(values_file):
     """Renders values that must be refused; returns helm's error output."""
 
-    def run(values, chart=CHART):
-        result = template(chart, values_file(values), check=False)
+    def run(values, chart=CHART, kube_version=KUBE_VERSION):
+        result = template(chart, values_file(values), check=False, kube_version=kube_version)
         assert result.returncode != 0, f"accepted:\n{result.stdout[:2000]}"
         return result.stderr
 
@@ -175,6 +208,8 @@ def validate(docs):
         else:
             # strict: unknown fields fail too (a misspelled probe field would otherwise vanish).
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        for pod in pod_specs_in(doc):
+            check_pod_names(pod)
 
 
 def check_crd(doc):
@@ -187,6 +222,7 @@ def check_crd(doc):
         assert doc["spec"]["selector"]["matchLabels"]
         for endpoint in doc["spec"]["podMetricsEndpoints"]:
             assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+            assert PORT_NAME.match(endpoint["port"]), endpoint
     else:
         assert set(doc["spec"]) == {"groups"}
         for group in doc["spec"]["groups"]:
@@ -194,6 +230,35 @@ def check_crd(doc):
             for rule in group["rules"]:
                 assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
                 assert ("alert" in rule) != ("record" in rule) and rule["expr"]
+
+
+def pod_specs_in(doc):
+    if doc["kind"] == "Deployment":
+        yield doc["spec"]["template"]["spec"]
+    elif doc["kind"] == "Pod":
+        yield doc["spec"]
+
+
+def check_pod_names(spec):
+    """What the API server would refuse at apply time but the schema does not check."""
+    containers = spec.get("initContainers", []) + spec["containers"]
+    names = [c["name"] for c in containers]
+    assert len(names) == len(set(names)), f"duplicate container names: {names}"
+    volumes = [v["name"] for v in spec.get("volumes", [])]
+    assert len(volumes) == len(set(volumes)), f"duplicate volume names: {volumes}"
+    ports = [p for c in containers for p in c.get("ports", [])]
+    port_names = [p["name"] for p in ports if "name" in p]
+    assert len(port_names) == len(set(port_names)), f"duplicate port names: {port_names}"
+    assert all(PORT_NAME.match(n) for n in port_names), port_names
+    numbers = [p["containerPort"] for p in ports]
+    assert len(numbers) == len(set(numbers)), f"duplicate container ports: {numbers}"
+    for c in containers:
+        env = [e["name"] for e in c.get("env", [])]
+        assert len(env) == len(set(env)), f"{c['name']}: duplicate env {env}"
+        paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        assert len(paths) == len(set(paths)), f"{c['name']}: duplicate mountPath {paths}"
+        for mount in c.get("volumeMounts", []):
+            assert mount["name"] in volumes, f"{c['name']} mounts unknown volume {mount['name']}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,16 +276,20 @@ def one(docs, kind):
     return found[0]
 
 
+def pod_template(docs):
+    return one(docs, "Deployment")["spec"]["template"]
+
+
 def pod_spec(docs):
-    return one(docs, "Deployment")["spec"]["template"]["spec"]
+    return pod_template(docs)["spec"]
 
 
-def sidecar(docs):
+def sidecar(docs, name="cdc-cache"):
     """The cdc-cache container wherever it is, and whether it is an init container."""
     spec = pod_spec(docs)
-    found = [(c, True) for c in spec.get("initContainers", []) if c["name"] == "cdc-cache"]
-    found += [(c, False) for c in spec["containers"] if c["name"] == "cdc-cache"]
-    assert len(found) == 1, f"expected one cdc-cache container, got {len(found)}"
+    found = [(c, True) for c in spec.get("initContainers", []) if c["name"] == name]
+    found += [(c, False) for c in spec["containers"] if c["name"] == name]
+    assert len(found) == 1, f"expected one {name} container, got {len(found)}"
     return found[0]
 
 
@@ -232,13 +301,22 @@ def app_container(docs, name="app"):
     return next(c for c in pod_spec(docs)["containers"] if c["name"] == name)
 
 
+def volume(docs, name):
+    return next(v for v in pod_spec(docs)["volumes"] if v["name"] == name)
+
+
 # ---------------------------------------------------------------------------------------------
-# Lint
+# Lint and chart metadata
 # ---------------------------------------------------------------------------------------------
 
 
 def test_chart_lints_strictly(values_file):
-    for values in (BASE, merge(BASE, SASL, MONITORING), merge(BASE, TLS, {"nativeSidecar": False})):
+    for values in (
+        BASE,
+        merge(BASE, SASL, MONITORING),
+        merge(BASE, TLS, CLASSIC, UNIX),
+        merge(BASE, {"networkPolicy": {"enabled": True}, "standalone": {"service": {"enabled": True}}}),
+    ):
         result = helm("lint", "--strict", CHART, "--values", values_file(values))
         assert "0 chart(s) failed" in result.stdout, result.stdout
 
@@ -255,12 +333,19 @@ def test_defaults_alone_are_refused_naming_what_is_missing():
     assert "/kafka/brokers" in result.stderr and "/topics" in result.stderr, result.stderr
 
 
+def test_image_is_required(refuse):
+    """No public image exists, so a default repository could never be pulled."""
+    stderr = refuse(merge(BASE, {"image": {"repository": ""}}))
+    assert "image.repository" in stderr and "Dockerfile" in stderr, stderr
+
+
 def test_image_tag_follows_app_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert (chart["name"], chart["version"], chart["apiVersion"], chart["type"]) == (
         "cdc-cache", "0.1.0", "v2", "application")
     assert values["image"]["tag"] == chart["appVersion"]
+    assert values["image"]["repository"] == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,13 +355,22 @@ def test_image_tag_follows_app_version():
 SCENARIOS = {
     "native-one-topic": merge(BASE, {"topics": [{"topic": "customers"}]}),
     "native-several-topics": BASE,
-    "classic": merge(BASE, {"nativeSidecar": False}),
+    "classic": merge(BASE, CLASSIC),
+    "classic-no-hold": merge(BASE, CLASSIC, {"holdApplicationUntilReady": False}),
     "native-sasl-secret": merge(BASE, SASL),
-    "classic-sasl-secret": merge(BASE, SASL, {"nativeSidecar": False}),
+    "classic-sasl-secret": merge(BASE, SASL, CLASSIC),
     "native-tls-files": merge(BASE, TLS),
-    "classic-tls-monitoring": merge(BASE, TLS, MONITORING, {"nativeSidecar": False}),
+    "classic-tls-monitoring": merge(BASE, TLS, MONITORING, CLASSIC),
     "native-monitoring": merge(BASE, MONITORING),
-    "unix-socket": merge(BASE, {"grpcListen": "unix:/var/run/cdc-cache/grpc.sock"}),
+    "monitoring-cluster-scope": merge(BASE, MONITORING, {
+        "monitoring": {"prometheusRule": {"scope": "cluster"}, "dashboard": {"scope": "cluster"}}}),
+    "unix-socket": merge(BASE, UNIX),
+    "classic-unix-socket": merge(BASE, UNIX, CLASSIC),
+    "network-policy": merge(BASE, {"networkPolicy": {"enabled": True}}),
+    "istio": merge(BASE, {"mesh": {"excludePorts": "istio"}}),
+    "linkerd": merge(BASE, {"mesh": {"excludePorts": "linkerd"}}),
+    "ipv4-admin": merge(BASE, {"admin": {"bindAddress": "0.0.0.0"}}),
+    "instance-name": merge(BASE, {"instanceName": "prices-cache"}),
     "digest-pull-secrets": merge(BASE, {
         "image": {"digest": "sha256:" + "a" * 64},
         "imagePullSecrets": [{"name": "registry"}],
@@ -288,8 +382,10 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_is_valid_and_hardened(render, name):
-    docs = render(SCENARIOS[name])
-    container, _ = sidecar(docs)
+    values = SCENARIOS[name]
+    instance = values.get("instanceName", "cdc-cache")
+    docs = render(values)
+    container, _ = sidecar(docs, instance)
     spec = pod_spec(docs)
 
     # Secure by default, pod and container.
@@ -303,12 +399,17 @@ def test_scenario_is_valid_and_hardened(render, name):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
 
-    # The admin port is the only port the sidecar opens to the pod network.
-    assert container["ports"] == [{"name": "metrics", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    # The admin port is the only port the sidecar opens to the pod network, named so that no app
+    # port is mistaken for it, and bound where kubelet reaches it.
+    [port] = container["ports"]
+    assert port["containerPort"] == ADMIN_PORT and port["protocol"] == "TCP"
+    assert PORT_NAME.match(port["name"]) and port["name"].endswith("-admin")
     env = env_of(container)
-    assert env["CDC_CACHE_METRICS_LISTEN"] == f"0.0.0.0:{ADMIN_PORT}"
-    assert env["CDC_CACHE_GRPC_LISTEN"].startswith(("127.0.0.1:", "unix:/"))
+    assert env["CDC_CACHE_ADMIN_LISTEN"] in (f"[::]:{ADMIN_PORT}", f"0.0.0.0:{ADMIN_PORT}")
+    assert "CDC_CACHE_METRICS_LISTEN" not in env  # the deprecated name
+    assert env["CDC_CACHE_GRPC_LISTEN"].startswith(("127.0.0.1:", "unix:/var/run/"))
     assert "CDC_CACHE_ALLOW_REMOTE" not in env
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert all(p["containerPort"] != 50051 for c in spec["containers"] for p in c.get("ports", []))
 
     # Liveness never depends on readiness: /healthz answers during bootstrap.
@@ -318,9 +419,18 @@ def test_scenario_is_valid_and_hardened(render, name):
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
-    assert spec["terminationGracePeriodSeconds"] >= 10 + 12
+    assert spec["terminationGracePeriodSeconds"] >= 5 + 10 + 12
 
-    # Every env var carries a literal value or a secretKeyRef, never both; secrets only by reference.
+    # kubectl logs/exec default to the app, not to the sidecar.
+    annotations = pod_template(docs)["metadata"]["annotations"]
+    assert annotations["kubectl.kubernetes.io/default-container"] == "app"
+
+    # Rollouts wait for the bootstrap.
+    deployment = one(docs, "Deployment")["spec"]
+    assert deployment["progressDeadlineSeconds"] == BUDGET + 600
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+    # Every env var carries a literal value or a reference, never both; secrets only by reference.
     for item in container["env"]:
         assert ("value" in item) != ("valueFrom" in item), item
         if re.search("PASSWORD|SECRET", item["name"]):
@@ -328,7 +438,7 @@ def test_scenario_is_valid_and_hardened(render, name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Placement and probes
+# Placement, probes and the bootstrap budget
 # ---------------------------------------------------------------------------------------------
 
 
@@ -340,27 +450,76 @@ def test_native_sidecar_is_a_restartable_init_container_gating_the_app(render):
     startup = container["startupProbe"]
     assert startup["grpc"] == {"port": ADMIN_PORT, "service": ""}
     # A long bootstrap is allowed before kubelet gives up: 30 minutes by default.
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert startup["periodSeconds"] * startup["failureThreshold"] == BUDGET
+    # No hook, no delay: kubelet itself orders start and stop.
+    assert "lifecycle" not in container
+    assert "CDC_CACHE_SHUTDOWN_DELAY" not in env_of(container)
 
 
-def test_bootstrap_allowance_is_configurable(render):
-    docs = render(merge(BASE, {"probes": {"startup": {"failureThreshold": 720}}}))
-    startup = sidecar(docs)[0]["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] == 2 * 60 * 60
-
-
-def test_classic_sidecar_is_a_regular_container_with_a_readiness_probe(render):
-    docs = render(merge(BASE, {"nativeSidecar": False}))
+def test_classic_sidecar_comes_first_and_holds_the_app_until_ready(render):
+    docs = render(merge(BASE, CLASSIC))
     container, is_init = sidecar(docs)
     assert not is_init
     assert "restartPolicy" not in container and "startupProbe" not in container
     assert "initContainers" not in pod_spec(docs)
+    # kubelet starts containers in order and the next only once a postStart hook has returned.
     assert [c["name"] for c in pod_spec(docs)["containers"]] == ["cdc-cache", "app"]
+    assert container["lifecycle"] == {"postStart": {"exec": {
+        "command": ["/usr/local/bin/cdc-cache", "wait", "--timeout", f"{BUDGET}s"]}}}
     assert container["readinessProbe"]["grpc"] == {"port": ADMIN_PORT, "service": ""}
     # Liveness runs during bootstrap here: a hung process gets a minute before a restart.
     liveness = container["livenessProbe"]
     assert liveness["initialDelaySeconds"] >= 10
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+
+
+def test_classic_sidecar_keeps_answering_while_the_app_drains(render):
+    docs = render(merge(BASE, CLASSIC))
+    container, _ = sidecar(docs)
+    assert env_of(container)["CDC_CACHE_SHUTDOWN_DELAY"] == "5s"
+    # The grace period covers the delay, the drain and the ~12 s of consumers and admin port.
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] >= 5 + 10 + 12
+    docs = render(merge(BASE, CLASSIC, {"shutdownDelay": "15s", "terminationGracePeriodSeconds": 40}))
+    assert env_of(sidecar(docs)[0])["CDC_CACHE_SHUTDOWN_DELAY"] == "15s"
+
+
+def test_classic_sidecar_without_hold_starts_with_the_app(render):
+    docs = render(merge(BASE, CLASSIC, {"holdApplicationUntilReady": False}))
+    assert "lifecycle" not in sidecar(docs)[0]
+
+
+@pytest.mark.parametrize("threshold, period", [(180, 10), (720, 10), (60, 30)])
+def test_deadlines_follow_the_bootstrap_budget(render, threshold, period):
+    budget = threshold * period
+    values = merge(BASE, MONITORING, CLASSIC,
+                   {"probes": {"startup": {"failureThreshold": threshold, "periodSeconds": period}}})
+    docs = render(values)
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == budget + 600
+    hook = sidecar(docs)[0]["lifecycle"]["postStart"]["exec"]["command"]
+    assert hook[-2:] == ["--timeout", f"{budget}s"]
+    rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert rules["CdcCacheNotReady"]["for"] == f"{budget}s"
+    docs = render(merge(BASE, {"probes": {"startup": {"failureThreshold": threshold, "periodSeconds": period}}}))
+    startup = sidecar(docs)[0]["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == budget
+
+
+def test_progress_deadline_can_be_set(render):
+    docs = render(merge(BASE, {"standalone": {"progressDeadlineSeconds": 9000}}))
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == 9000
+
+
+def test_a_grace_period_shorter_than_the_shutdown_is_refused(refuse):
+    stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 20}))
+    assert "terminationGracePeriodSeconds 20" in stderr and "shutdownDelay 5s" in stderr, stderr
+    stderr = refuse(merge(BASE, {"shutdownGrace": "30s", "terminationGracePeriodSeconds": 30}))
+    assert "terminationGracePeriodSeconds 30" in stderr and "shutdownGrace 30s" in stderr, stderr
+
+
+def test_old_kubernetes_is_refused_for_native_sidecars(refuse, values_file):
+    """Before 1.29 the API server drops restartPolicy and the sidecar would never end."""
+    stderr = refuse(BASE, kube_version="1.28.0")
+    assert "1.29" in stderr, stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,23 +528,34 @@ def test_classic_sidecar_is_a_regular_container_with_a_readiness_probe(render):
 
 
 def test_env_carries_the_values(render):
-    docs = render(merge(BASE, {"format": "debezium", "shutdownGrace": "20s", "onDecodeError": "fail"}))
+    docs = render(merge(BASE, {"format": "debezium", "shutdownGrace": "20s", "onDecodeError": "fail",
+                               "clientId": "orders-prod", "memoryLimitRatio": 0.85}))
     env = env_of(sidecar(docs)[0])
     assert env == {
+        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
         "CDC_CACHE_BROKERS": "kafka-1:9092,kafka-2:9092",
         "CDC_CACHE_TOPICS": "dbz.public.orders=orders:debezium,customers",
         "CDC_CACHE_FORMAT": "debezium",
         "CDC_CACHE_GRPC_LISTEN": "127.0.0.1:50051",
-        "CDC_CACHE_METRICS_LISTEN": "0.0.0.0:9464",
+        "CDC_CACHE_ADMIN_LISTEN": "[::]:9464",
+        "CDC_CACHE_CLIENT_ID": "orders-prod",
         "CDC_CACHE_MAX_MULTIGET_KEYS": "10000",
         "CDC_CACHE_GRPC_MAX_MESSAGE_BYTES": "67108864",
         "CDC_CACHE_SHUTDOWN_GRACE": "20s",
         "CDC_CACHE_PARTITION_DISCOVERY_INTERVAL": "30s",
         "CDC_CACHE_ON_DECODE_ERROR": "fail",
+        "CDC_CACHE_MEMORY_LIMIT_RATIO": "0.85",
         "CDC_CACHE_LOG_FORMAT": "json",
+        "CDC_CACHE_KAFKA_QUEUED_MAX_MESSAGES_KBYTES": "16384",
     }
     assert sidecar(docs)[0]["args"] == ["serve"]
     assert env_of(app_container(docs))["CDC_CACHE_ADDR"] == "127.0.0.1:50051"
+
+
+def test_client_id_defaults_to_the_binary_which_uses_the_pod_name(render):
+    env = env_of(sidecar(render(BASE))[0])
+    assert "CDC_CACHE_CLIENT_ID" not in env
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 @pytest.mark.parametrize("topics, expected", [
@@ -400,15 +570,16 @@ def test_topics_render_as_topic_table_format(render, topics, expected):
 
 
 def test_kafka_options_become_one_env_var_each_and_secrets_come_from_secrets(render):
-    docs = render(merge(BASE, SASL))
+    docs = render(merge(BASE, SASL, {"kafka": {"prefetchKbytes": 8192}}))
     env = env_of(sidecar(docs)[0])
     kafka = {k: v for k, v in env.items() if k.startswith("CDC_CACHE_KAFKA_")}
     assert kafka == {
+        "CDC_CACHE_KAFKA_QUEUED_MAX_MESSAGES_KBYTES": "8192",
         "CDC_CACHE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "CDC_CACHE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "CDC_CACHE_KAFKA_SASL_USERNAME": "orders-reader",
         # Numbers and booleans are rendered as the strings librdkafka parses.
-        "CDC_CACHE_KAFKA_QUEUED_MAX_MESSAGES_KBYTES": "16384",
+        "CDC_CACHE_KAFKA_FETCH_WAIT_MAX_MS": "100",
         "CDC_CACHE_KAFKA_SOCKET_KEEPALIVE_ENABLE": "true",
         "CDC_CACHE_KAFKA_SASL_PASSWORD": {"secretKeyRef": {"name": "kafka-creds", "key": "password"}},
     }
@@ -435,43 +606,203 @@ def test_secret_options_render_only_a_reference(render):
     assert kinds(docs, "Secret") == []
 
 
-def test_tls_files_are_mounted_read_only_from_the_secret(render):
+# ---------------------------------------------------------------------------------------------
+# TLS, extra volumes and env
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tls_ca_and_client_certificate_come_from_separate_secrets(render):
+    """Strimzi: the cluster CA Secret and the KafkaUser Secret, one projected volume."""
     docs = render(merge(BASE, TLS))
     container, _ = sidecar(docs)
-    spec = pod_spec(docs)
     env = env_of(container)
     assert env["CDC_CACHE_KAFKA_SSL_CA_LOCATION"] == "/etc/cdc-cache/tls/ca.crt"
     assert env["CDC_CACHE_KAFKA_SSL_CERTIFICATE_LOCATION"] == "/etc/cdc-cache/tls/tls.crt"
     assert env["CDC_CACHE_KAFKA_SSL_KEY_LOCATION"] == "/etc/cdc-cache/tls/tls.key"
     assert env["CDC_CACHE_KAFKA_SSL_KEY_PASSWORD"] == {
-        "secretKeyRef": {"name": "kafka-client-tls", "key": "key-password"}}
+        "secretKeyRef": {"name": "orders-reader", "key": "user.password"}}
     assert container["volumeMounts"] == [
         {"name": "cdc-cache-tls", "mountPath": "/etc/cdc-cache/tls", "readOnly": True}]
-    volume = next(v for v in spec["volumes"] if v["name"] == "cdc-cache-tls")
-    assert volume["secret"]["secretName"] == "kafka-client-tls"
-    assert volume["secret"]["items"] == [
-        {"key": "ca.crt", "path": "ca.crt"},
-        {"key": "tls.crt", "path": "tls.crt"},
-        {"key": "tls.key", "path": "tls.key"},
+    projected = volume(docs, "cdc-cache-tls")["projected"]
+    assert projected["defaultMode"] == 0o444
+    assert projected["sources"] == [
+        {"secret": {"name": "my-cluster-cluster-ca-cert", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"secret": {"name": "orders-reader", "items": [
+            {"key": "user.crt", "path": "tls.crt"}, {"key": "user.key", "path": "tls.key"}]}},
     ]
     # Only the sidecar sees the client key.
-    assert "volumeMounts" not in app_container(docs)
+    assert all(m["name"] != "cdc-cache-tls" for m in app_container(docs).get("volumeMounts", []))
 
 
-def test_unix_socket_shares_an_emptydir_with_the_app(render):
-    docs = render(merge(BASE, {"grpcListen": "unix:/var/run/cdc-cache/grpc.sock"}))
+def test_tls_ca_from_a_config_map_alone(render):
+    """trust-manager publishes the CA bundle as a ConfigMap; no client certificate (SASL_SSL)."""
+    docs = render(merge(BASE, SASL, {"kafka": {"tls": {
+        "enabled": True, "ca": {"configMapName": "kafka-trust", "key": "trust-bundle.pem"}}}}))
+    env = env_of(sidecar(docs)[0])
+    assert env["CDC_CACHE_KAFKA_SSL_CA_LOCATION"] == "/etc/cdc-cache/tls/ca.crt"
+    assert "CDC_CACHE_KAFKA_SSL_CERTIFICATE_LOCATION" not in env
+    assert "CDC_CACHE_KAFKA_SSL_KEY_LOCATION" not in env
+    assert volume(docs, "cdc-cache-tls")["projected"]["sources"] == [
+        {"configMap": {"name": "kafka-trust", "items": [{"key": "trust-bundle.pem", "path": "ca.crt"}]}}]
+
+
+def test_tls_client_certificate_alone_trusts_the_system_cas(render):
+    docs = render(merge(BASE, {"kafka": {"options": {"security.protocol": "SSL"}, "tls": {
+        "enabled": True, "clientCert": {"secretName": "orders-tls"}}}}))
+    env = env_of(sidecar(docs)[0])
+    assert "CDC_CACHE_KAFKA_SSL_CA_LOCATION" not in env
+    assert env["CDC_CACHE_KAFKA_SSL_KEY_LOCATION"] == "/etc/cdc-cache/tls/tls.key"
+    assert volume(docs, "cdc-cache-tls")["projected"]["sources"] == [
+        {"secret": {"name": "orders-tls", "items": [
+            {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}]
+
+
+def test_extra_volumes_mounts_and_env_from_reach_the_sidecar(render):
+    """A Kerberos keytab and an OAuth token file, and librdkafka options from a Secret wholesale."""
+    docs = render(merge(BASE, {
+        "extraVolumes": [
+            {"name": "keytab", "secret": {"secretName": "orders-keytab"}},
+            {"name": "oauth-token", "projected": {"sources": [{"serviceAccountToken": {
+                "path": "token", "audience": "kafka", "expirationSeconds": 3600}}]}},
+        ],
+        "extraVolumeMounts": [
+            {"name": "keytab", "mountPath": "/etc/krb5", "readOnly": True},
+            {"name": "oauth-token", "mountPath": "/var/run/secrets/kafka", "readOnly": True},
+        ],
+        "extraEnvFrom": [{"secretRef": {"name": "orders-kafka-env"}}],
+    }))
     container, _ = sidecar(docs)
+    assert [m["name"] for m in container["volumeMounts"]] == ["keytab", "oauth-token"]
+    assert container["envFrom"] == [{"secretRef": {"name": "orders-kafka-env"}}]
+    names = [v["name"] for v in pod_spec(docs)["volumes"]]
+    assert "keytab" in names and "oauth-token" in names
+    # The app does not see the sidecar's credentials.
+    assert all(m["name"] not in ("keytab", "oauth-token") for m in app_container(docs).get("volumeMounts", []))
+
+
+# ---------------------------------------------------------------------------------------------
+# The unix socket
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unix_socket_lives_in_a_directory_of_its_own_shared_through_the_fs_group(render):
+    docs = render(merge(BASE, UNIX, {"app": {"securityContext": {"runAsUser": 10001, "runAsGroup": 10001}}}))
+    container, _ = sidecar(docs)
+    env = env_of(container)
+    assert env["CDC_CACHE_GRPC_LISTEN"] == "unix:/var/run/cdc-cache/grpc.sock"
+    assert env["CDC_CACHE_GRPC_SOCKET_MODE"] == "0660"
     mount = {"name": "cdc-cache-socket", "mountPath": "/var/run/cdc-cache"}
     assert mount in container["volumeMounts"]
-    assert app_container(docs)["volumeMounts"] == [mount]
-    assert {"name": "cdc-cache-socket", "emptyDir": {"sizeLimit": "1Mi"}} in pod_spec(docs)["volumes"]
-    assert env_of(app_container(docs))["CDC_CACHE_ADDR"] == "unix:/var/run/cdc-cache/grpc.sock"
+    app = app_container(docs)
+    assert mount in app["volumeMounts"]
+    # The app keeps its own /tmp: the socket never hides it.
+    assert {"name": "app-tmp", "mountPath": "/tmp"} in app["volumeMounts"]
+    assert all(m["mountPath"] != "/tmp" for m in container.get("volumeMounts", []))
+    assert volume(docs, "cdc-cache-socket") == {
+        "name": "cdc-cache-socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    assert env_of(app)["CDC_CACHE_ADDR"] == "unix:/var/run/cdc-cache/grpc.sock"
+    # Another UID than the sidecar's, one group shared by every container of the pod.
+    assert app["securityContext"]["runAsUser"] == 10001 != container["securityContext"]["runAsUser"]
+    assert pod_spec(docs)["securityContext"]["fsGroup"] == 65532
+
+
+def test_unix_socket_keeps_a_pod_fs_group_and_sets_one_where_missing(render):
+    docs = render(merge(BASE, UNIX, {"podSecurityContext": {"fsGroup": 3000}}))
+    assert pod_spec(docs)["securityContext"]["fsGroup"] == 3000
+    docs = render(merge(BASE, UNIX, {"podSecurityContext": {"fsGroup": None}}))
+    assert pod_spec(docs)["securityContext"]["fsGroup"] == 65532
+    # OpenShift assigns the fsGroup itself.
+    docs = render(merge(BASE, UNIX, {"podSecurityContext": {"fsGroup": None}, "grpcSocket": {"fsGroup": None}}))
+    assert "fsGroup" not in pod_spec(docs)["securityContext"]
+    docs = render(merge(BASE, UNIX, {"grpcSocket": {"mode": "0600"}}))
+    assert env_of(sidecar(docs)[0])["CDC_CACHE_GRPC_SOCKET_MODE"] == "0600"
+
+
+def test_no_socket_settings_on_tcp(render):
+    docs = render(BASE)
+    env = env_of(sidecar(docs)[0])
+    assert "CDC_CACHE_GRPC_SOCKET_MODE" not in env
+    assert [v["name"] for v in pod_spec(docs)["volumes"]] == ["app-tmp"]
 
 
 def test_no_volumes_when_none_are_needed(render):
-    docs = render(BASE)
+    docs = render(merge(BASE, {"app": {"tmpDir": {"enabled": False}}}))
     assert "volumes" not in pod_spec(docs)
     assert "volumeMounts" not in sidecar(docs)[0]
+    assert "volumeMounts" not in app_container(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Standalone mode: what a real app needs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_standalone_app_gets_probes_env_from_lifecycle_and_a_writable_tmp(render):
+    probe = {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5}
+    docs = render(merge(BASE, {
+        "app": {
+            "readinessProbe": probe,
+            "livenessProbe": {"httpGet": {"path": "/live", "port": "http"}},
+            "startupProbe": {"httpGet": {"path": "/live", "port": "http"}, "failureThreshold": 30},
+            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+            "envFrom": [{"configMapRef": {"name": "orders-config"}}],
+            "volumeMounts": [{"name": "keytab", "mountPath": "/etc/krb5", "readOnly": True}],
+            "tmpDir": {"sizeLimit": "1Gi"},
+        },
+        "extraVolumes": [{"name": "keytab", "secret": {"secretName": "orders-keytab"}}],
+    }))
+    app = app_container(docs)
+    assert app["readinessProbe"] == probe
+    assert app["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert app["startupProbe"]["failureThreshold"] == 30
+    assert app["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert app["envFrom"] == [{"configMapRef": {"name": "orders-config"}}]
+    assert app["volumeMounts"] == [
+        {"name": "app-tmp", "mountPath": "/tmp"},
+        {"name": "keytab", "mountPath": "/etc/krb5", "readOnly": True},
+    ]
+    assert volume(docs, "app-tmp") == {"name": "app-tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+def test_standalone_disruption_budget_service_spread_and_strategy(render):
+    docs = render(merge(BASE, {
+        "standalone": {
+            "replicas": 3,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}},
+            "service": {"enabled": True},
+            "annotations": {"secret.reloader.stakater.com/reload": "orders-reader"},
+        },
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": {"custom": "yes"}}},
+        ],
+        "priorityClassName": "business-critical",
+    }))
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 2, "maxUnavailable": 0}
+    assert deployment["metadata"]["annotations"] == {"secret.reloader.stakater.com/reload": "orders-reader"}
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    service = one(docs, "Service")
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    spread = pod_spec(docs)["topologySpreadConstraints"]
+    assert spread[0]["labelSelector"] == {"matchLabels": selector}
+    assert spread[1]["labelSelector"] == {"matchLabels": {"custom": "yes"}}
+    assert pod_spec(docs)["priorityClassName"] == "business-critical"
+    labels = pod_template(docs)["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
+def test_standalone_disruption_budget_min_available_and_off(render):
+    docs = render(merge(BASE, {"standalone": {"podDisruptionBudget": {"minAvailable": "50%"}}}))
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+    assert "maxUnavailable" not in one(docs, "PodDisruptionBudget")["spec"]
+    docs = render(merge(BASE, {"standalone": {"podDisruptionBudget": {"enabled": False}}}))
+    assert kinds(docs, "PodDisruptionBudget") == []
 
 
 def test_service_account_token_only_when_asked(render):
@@ -491,42 +822,226 @@ def test_security_context_keys_can_be_dropped_for_platforms_that_assign_uids(ren
 
 
 # ---------------------------------------------------------------------------------------------
+# Reaching the brokers: bind address, network policy, meshes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_admin_listens_dual_stack_by_default(render):
+    assert env_of(sidecar(render(BASE))[0])["CDC_CACHE_ADMIN_LISTEN"] == "[::]:9464"
+    docs = render(merge(BASE, {"admin": {"bindAddress": "0.0.0.0", "port": 9100}}))
+    container = sidecar(docs)[0]
+    assert env_of(container)["CDC_CACHE_ADMIN_LISTEN"] == "0.0.0.0:9100"
+    assert container["ports"][0]["containerPort"] == 9100
+    assert container["readinessProbe"]["grpc"]["port"] == 9100
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.53", "[::1]"])
+def test_a_loopback_admin_address_is_refused(refuse, address):
+    """kubelet probes the pod IP: the pod would never become ready."""
+    stderr = refuse(merge(BASE, {"admin": {"bindAddress": address}}))
+    assert f"admin.bindAddress {address}" in stderr and "pod IP" in stderr, stderr
+
+
+def test_network_policy_allows_the_brokers_and_dns_for_the_pods_with_the_sidecar(render):
+    docs = render(merge(BASE, {"networkPolicy": {"enabled": True}}))
+    policy = one(docs, "NetworkPolicy")
+    assert policy["metadata"]["name"] == "r1-cdc-cache"
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    labels = pod_template(docs)["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"] == {"cdc-cache/cdc-cache": "r1"}
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    kafka, dns = spec["egress"]
+    assert kafka == {"ports": [{"protocol": "TCP", "port": 9092}]}  # from kafka.brokers, once
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+
+
+def test_network_policy_with_peers_explicit_ports_and_the_apps_egress(render):
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    app_egress = [{"to": [{"podSelector": {"matchLabels": {"app": "postgres"}}}], "ports": [{"port": 5432}]}]
+    docs = render(merge(BASE, {
+        "kafka": {"ports": [9093, 9094]},
+        "networkPolicy": {"enabled": True, "kafkaPeers": peers, "dns": {"peers": []}, "extraEgress": app_egress},
+    }))
+    kafka, dns, app = one(docs, "NetworkPolicy")["spec"]["egress"]
+    assert kafka == {"ports": [{"protocol": "TCP", "port": 9093}, {"protocol": "TCP", "port": 9094}], "to": peers}
+    assert "to" not in dns
+    assert app == app_egress[0]
+    docs = render(merge(BASE, {"networkPolicy": {"enabled": True, "dns": {"enabled": False}}}))
+    assert len(one(docs, "NetworkPolicy")["spec"]["egress"]) == 1
+
+
+@pytest.mark.parametrize("mesh, outbound, inbound", [
+    ("istio", "traffic.sidecar.istio.io/excludeOutboundPorts", "traffic.sidecar.istio.io/excludeInboundPorts"),
+    ("linkerd", "config.linkerd.io/skip-outbound-ports", "config.linkerd.io/skip-inbound-ports"),
+])
+def test_mesh_annotations_keep_broker_and_admin_ports_out_of_the_proxy(render, mesh, outbound, inbound):
+    docs = render(merge(BASE, {"mesh": {"excludePorts": mesh}, "kafka": {"ports": [9092, 9093]},
+                               "podAnnotations": {outbound: "5432"}}))
+    annotations = pod_template(docs)["metadata"]["annotations"]
+    # Merged into the app's own list, not replacing it.
+    assert annotations[outbound] == "5432,9092,9093"
+    assert annotations[inbound] == "9464"
+
+
+def test_no_mesh_annotations_by_default(render):
+    annotations = pod_template(render(BASE))["metadata"]["annotations"]
+    assert set(annotations) == {"kubectl.kubernetes.io/default-container"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("instance", [
+    "cdc-cache", "prices", "orders-cache", "prices-cache", "cdc-cache-orders", "cdc-cache-customers",
+    "a", "x9", "a-very-long-instance-name-for-a-cache-of",
+])
+def test_port_names_stay_valid_and_distinct(render, instance):
+    docs = render(merge(BASE, {"instanceName": instance}))
+    container, _ = sidecar(docs, instance)
+    name = container["ports"][0]["name"]
+    assert len(name) <= 15 and PORT_NAME.match(name), name
+    assert env_of(app_container(docs))[instance.upper().replace("-", "_") + "_ADDR"] == "127.0.0.1:50051"
+    if instance == "cdc-cache":
+        assert name == ADMIN_PORT_NAME
+
+
+def test_port_names_of_similar_instances_differ(render):
+    names = set()
+    for instance in ("cdc-cache-orders", "cdc-cache-orders2", "orders-cache", "orders-cache-2"):
+        docs = render(merge(BASE, {"instanceName": instance}))
+        names.add(sidecar(docs, instance)[0]["ports"][0]["name"])
+    assert len(names) == 4, names
+
+
+def test_app_ports_may_be_called_metrics_but_not_like_the_admin_port(render, refuse):
+    docs = render(merge(BASE, {"app": {"ports": [{"name": "metrics", "containerPort": 9090}]}}))
+    assert app_container(docs)["ports"] == [{"name": "metrics", "containerPort": 9090}]
+    stderr = refuse(merge(BASE, {"app": {"ports": [{"name": ADMIN_PORT_NAME, "containerPort": 9090}]}}))
+    assert "admin.port" in stderr and ADMIN_PORT_NAME in stderr, stderr
+    stderr = refuse(merge(BASE, {"app": {"ports": [{"name": "admin", "containerPort": ADMIN_PORT}]}}))
+    assert "admin.port" in stderr and "9464" in stderr, stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # Monitoring
 # ---------------------------------------------------------------------------------------------
 
 
 def test_monitoring_is_off_by_default(render):
     docs = render(BASE)
-    assert {d["kind"] for d in docs} == {"Deployment", "ServiceAccount"}
+    assert {d["kind"] for d in docs} == {"Deployment", "ServiceAccount", "PodDisruptionBudget"}
 
 
-def test_pod_monitor_selects_the_pods_with_the_sidecar(render):
+def test_pod_monitor_scrapes_the_admin_port_of_the_pods_with_the_sidecar(render):
     docs = render(merge(BASE, MONITORING))
     monitor = one(docs, "PodMonitor")
+    assert monitor["metadata"]["name"] == "r1-cdc-cache"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["podMetricsEndpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        {"port": ADMIN_PORT_NAME, "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    pod_labels = pod_template(docs)["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"] == {"cdc-cache/cdc-cache": "r1"}
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_prometheus_rule_carries_the_alert_file_unchanged(render):
-    docs = render(merge(BASE, MONITORING))
-    rules = yaml.safe_load((CHART / "files" / "cdc-cache-alerts.rules.yaml").read_text())
-    groups = one(docs, "PrometheusRule")["spec"]["groups"]
-    assert groups == rules["groups"]
-    assert "cdc-cache" in [g["name"] for g in groups]
+def rules_file():
+    return yaml.safe_load((CHART / "files" / "cdc-cache-alerts.rules.yaml").read_text())
+
+
+def test_cluster_scoped_rules_carry_the_alert_file_unchanged_under_a_fixed_name(render):
+    docs = render(merge(BASE, MONITORING, {"monitoring": {"prometheusRule": {"scope": "cluster"}}}))
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["name"] == "cdc-cache-alerts"
+    groups = rule["spec"]["groups"]
+    assert groups == rules_file()["groups"]
+    assert [g["name"] for g in groups] == ["cdc-cache"]
     # Prometheus' own templates reach Prometheus, not Helm's template engine.
     assert any("{{ $labels." in str(r.get("annotations")) for g in groups for r in g["rules"])
 
 
-def test_dashboard_config_map_carries_the_dashboard(render):
-    docs = render(merge(BASE, MONITORING))
+def test_release_scoped_rules_select_only_this_release(render):
+    docs = render(merge(BASE, MONITORING), release="orders")
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["name"] == "orders-cdc-cache"
+    [group] = rule["spec"]["groups"]
+    assert group["name"] == "cdc-cache/shop/orders-cdc-cache"
+    original = {r["alert"]: r for r in rules_file()["groups"][0]["rules"]}
+    job = 'job="shop/orders-cdc-cache"'
+    for r in group["rules"]:
+        # Every selector carries the release's PodMonitor job (namespace/name), and only it changed.
+        selectors = re.findall(r"\b((?:cdc_cache|process)_[a-z_]+)(\{[^}]*\})?", r["expr"])
+        assert selectors, r["expr"]
+        assert all(job in (matchers or "") for _, matchers in selectors), r["expr"]
+        assert r["expr"].replace(job + ", ", "").replace("{" + job + "}", "") == original[r["alert"]]["expr"]
+        assert r["annotations"] == original[r["alert"]]["annotations"]
+    assert one(docs, "PodMonitor")["metadata"]["name"] == "orders-cdc-cache"
+
+
+def test_release_scoped_monitoring_needs_the_pod_monitor(refuse):
+    stderr = refuse(merge(BASE, {"monitoring": {"prometheusRule": {"enabled": True}}}))
+    assert "monitoring.prometheusRule.scope release" in stderr and "podMonitor" in stderr, stderr
+    stderr = refuse(merge(BASE, {"monitoring": {"dashboard": {"enabled": True}}}))
+    assert "monitoring.dashboard.scope release" in stderr, stderr
+
+
+def dashboard_file():
+    return json.loads((CHART / "files" / "cdc-cache-dashboard.json").read_text())
+
+
+def all_exprs(dashboard):
+    def walk(panels):
+        for p in panels:
+            yield from (t["expr"] for t in p.get("targets", []) if t.get("expr"))
+            yield from walk(p.get("panels", []))
+    yield from walk(dashboard["panels"])
+    for v in dashboard["templating"]["list"]:
+        if v["type"] == "query":
+            yield v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+
+
+def test_cluster_scoped_dashboard_is_the_file_under_fixed_names(render):
+    docs = render(merge(BASE, MONITORING, {"monitoring": {"dashboard": {"scope": "cluster"}}}))
     config_map = one(docs, "ConfigMap")
+    assert config_map["metadata"]["name"] == "cdc-cache-dashboard"
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["annotations"] == {"grafana_folder": "Kafka"}
-    dashboard = json.loads((CHART / "files" / "cdc-cache-dashboard.json").read_text())
-    assert json.loads(config_map["data"]["cdc-cache.json"]) == dashboard
+    assert set(config_map["data"]) == {"cdc-cache.json"}
+    assert json.loads(config_map["data"]["cdc-cache.json"]) == dashboard_file()
+
+
+def test_release_scoped_dashboards_never_share_a_file_uid_or_name(render):
+    seen = []
+    for release in ("orders", "payments"):
+        docs = render(merge(BASE, MONITORING), release=release)
+        config_map = one(docs, "ConfigMap")
+        [(key, text)] = config_map["data"].items()
+        dashboard = json.loads(text)
+        job = f'job="shop/{release}-cdc-cache"'
+        assert all(job in expr for expr in all_exprs(dashboard))
+        assert len(dashboard["uid"]) <= 40 and dashboard["uid"] != "cdc-cache"
+        assert release in dashboard["title"]
+        # Everything else is the shipped dashboard.
+        original = dashboard_file()
+        assert len(list(all_exprs(dashboard))) == len(list(all_exprs(original)))
+        assert dashboard["panels"][0] == original["panels"][0]
+        seen.append((config_map["metadata"]["name"], key, dashboard["uid"], dashboard["title"]))
+    for a, b in zip(*seen):
+        assert a != b, seen
+
+
+def test_monitoring_only_release_installs_the_cluster_objects_once(render):
+    """A release of its own for the cluster-wide rules and dashboard: no sidecar, no topics."""
+    docs = render({
+        "standalone": {"enabled": False},
+        "monitoring": {"prometheusRule": {"enabled": True, "scope": "cluster"},
+                       "dashboard": {"enabled": True, "scope": "cluster"}},
+    }, release="cdc-cache-monitoring")
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PrometheusRule"]
+    assert one(docs, "PrometheusRule")["metadata"]["name"] == "cdc-cache-alerts"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,15 +1066,27 @@ def test_dashboard_config_map_carries_the_dashboard(render):
     ({"kafka": {"secretOptions": [{"option": "sasl.password", "secretName": "s"}]}},
      ["/kafka/secretOptions/0", "secretKey"]),
     ({"kafka": {"tls": {"enabled": "yes"}}}, ["/kafka/tls/enabled", "want boolean"]),
+    ({"kafka": {"tls": {"secretName": "old-style"}}}, ["/kafka/tls", "secretName"]),
+    ({"kafka": {"tls": {"clientCert": {"keyKey": ""}}}}, ["/kafka/tls/clientCert/keyKey"]),
+    ({"kafka": {"tls": {"ca": {"configMapName": "Not A Name"}}}}, ["/kafka/tls/ca/configMapName"]),
+    ({"kafka": {"prefetchKbytes": 10}}, ["/kafka/prefetchKbytes", "minimum"]),
     ({"nativeSidecar": "true"}, ["/nativeSidecar", "want boolean"]),
     ({"maxMultigetKeys": "many"}, ["/maxMultigetKeys", "want integer"]),
     ({"grpcMaxMessageBytes": 10}, ["/grpcMaxMessageBytes", "minimum"]),
     ({"shutdownGrace": 10}, ["/shutdownGrace", "want string"]),
     ({"shutdownGrace": "10 seconds"}, ["/shutdownGrace"]),
+    ({"shutdownDelay": "soon"}, ["/shutdownDelay"]),
     ({"grpcListen": "0.0.0.0:50051"}, ["/grpcListen"]),
+    ({"grpcSocket": {"mode": "rw-rw----"}}, ["/grpcSocket/mode"]),
+    ({"admin": {"bindAddress": "localhost"}}, ["/admin/bindAddress"]),
+    ({"instanceName": "Orders_Cache"}, ["/instanceName"]),
+    ({"mesh": {"excludePorts": "consul"}}, ["/mesh/excludePorts", "istio", "linkerd"]),
+    ({"monitoring": {"prometheusRule": {"scope": "namespace"}}}, ["/monitoring/prometheusRule/scope"]),
+    ({"inject": {"initContainerPosition": "middle"}}, ["/inject/initContainerPosition"]),
     ({"probes": {"startup": {"failureTreshold": 10}}}, ["/probes/startup", "failureTreshold"]),
     ({"monitoring": {"podMonitor": {"enable": True}}}, ["/monitoring/podMonitor", "enable"]),
     ({"resources": {"limit": {"memory": "1Gi"}}}, ["/resources", "limit"]),
+    ({"extraVolumes": [{"secret": {"secretName": "x"}}]}, ["/extraVolumes/0", "name"]),
 ])
 def test_schema_refuses_bad_values_naming_them(refuse, override, expected):
     stderr = refuse(merge(BASE, override))
@@ -569,6 +1096,7 @@ def test_schema_refuses_bad_values_naming_them(refuse, override, expected):
 
 @pytest.mark.parametrize("override, expected", [
     ({"kafka": {"options": {"auto.offset.reset": "latest"}}}, "kafka option auto.offset.reset: set by cdc-cache itself"),
+    ({"kafka": {"options": {"queued.max.messages.kbytes": 1024}}}, "use kafka.prefetchKbytes"),
     ({"kafka": {"secretOptions": [{"option": "bootstrap.servers", "secretName": "s", "secretKey": "k"}]}},
      "kafka option bootstrap.servers: set by cdc-cache itself"),
     ({"kafka": {"options": {"sasl.oauthbearer.client.secret": "x"}}}, "kafka.options.sasl.oauthbearer.client.secret"),
@@ -580,12 +1108,15 @@ def test_schema_refuses_bad_values_naming_them(refuse, override, expected):
      "kafka option sasl.username: in both"),
     ({"topics": [{"topic": "a"}, {"topic": "a", "table": "b"}]}, 'topic "a" is listed twice'),
     ({"topics": [{"topic": "a", "table": "t"}, {"topic": "b", "table": "t"}]}, 'table name "t" is used twice'),
-    ({"kafka": {"tls": {"enabled": True, "secretName": "tls"}}}, "security.protocol to SSL or SASL_SSL"),
-    ({"kafka": {"options": {"security.protocol": "SSL"}, "tls": {"enabled": True}}}, "kafka.tls.secretName"),
+    ({"kafka": {"tls": {"enabled": True, "ca": {"secretName": "ca"}}}}, "security.protocol to SSL or SASL_SSL"),
+    ({"kafka": {"options": {"security.protocol": "SSL"}, "tls": {"enabled": True}}}, "nothing to mount"),
+    ({"kafka": {"options": {"security.protocol": "SSL"},
+                "tls": {"enabled": True, "ca": {"secretName": "a", "configMapName": "b"}}}}, "not both"),
     ({"kafka": {"options": {"security.protocol": "SSL", "ssl.ca.location": "/x"},
-                "tls": {"enabled": True, "secretName": "tls"}}}, "kafka option ssl.ca.location: set by kafka.tls"),
+                "tls": {"enabled": True, "ca": {"secretName": "tls"}}}}, "kafka option ssl.ca.location: set by kafka.tls"),
+    ({"grpcListen": "unix:/tmp/cdc.sock"}, "set grpcListen: unix"),
     ({"app": {"image": ""}}, "app.image"),
-    ({"app": {"ports": [{"name": "metrics", "containerPort": 9090}]}}, "app.ports: the port name metrics"),
+    ({"inject": {"appContainers": ["orders"]}}, 'no app container named "orders"'),
 ])
 def test_templates_refuse_what_the_schema_cannot_express(refuse, override, expected):
     assert expected in refuse(merge(BASE, override))
@@ -596,48 +1127,61 @@ def test_templates_refuse_what_the_schema_cannot_express(refuse, override, expec
 # ---------------------------------------------------------------------------------------------
 
 
-def test_parent_chart_injects_the_sidecar_from_its_values(render, example_chart):
+def test_parent_chart_injects_the_sidecar_with_one_helper(render, example_chart):
     docs = render({}, chart=example_chart, release="shop")
     assert {d["kind"] for d in docs} == {"Deployment", "Service"}  # no standalone Deployment
     deployment = one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "shop-orders-app"
+    assert deployment["spec"]["progressDeadlineSeconds"] == BUDGET + 600
     container, is_init = sidecar(docs)
     assert is_init and container["restartPolicy"] == "Always"
     assert container["startupProbe"]["grpc"] == {"port": ADMIN_PORT, "service": ""}
+    assert container["image"] == "ghcr.io/example/cdc-cache:0.1.0"
     env = env_of(container)
-    assert env["CDC_CACHE_BROKERS"] == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+    assert env["CDC_CACHE_BROKERS"] == "kafka-0.kafka:9093,kafka-1.kafka:9093"
     assert env["CDC_CACHE_TOPICS"] == "dbz.public.orders=orders:debezium,customers"
     assert env["CDC_CACHE_KAFKA_SASL_PASSWORD"] == {
         "secretKeyRef": {"name": "orders-app-kafka", "key": "password"}}
     assert env["CDC_CACHE_KAFKA_SSL_CA_LOCATION"] == "/etc/cdc-cache/tls/ca.crt"
     # The subchart's defaults reach the parent's pods (probes, security) merged with its values.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["resources"]["limits"]["memory"] == "1Gi"
-    assert container["ports"] == [{"name": "metrics", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    assert container["resources"]["limits"]["memory"] == "800Mi"
+    assert container["ports"] == [{"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}]
     app = app_container(docs, "orders-app")
     assert env_of(app)["CDC_CACHE_ADDR"] == "127.0.0.1:50051"
+    # The app's own metrics port named "metrics" no longer collides with the sidecar's.
+    assert {"name": "metrics", "containerPort": 9090} in app["ports"]
     spec = pod_spec(docs)
     assert spec["automountServiceAccountToken"] is False
-    assert [v["name"] for v in spec["volumes"]] == ["cdc-cache-tls"]
-    assert deployment["spec"]["template"]["metadata"]["labels"]["cdc-cache/instance"] == "shop"
+    assert spec["enableServiceLinks"] is False
+    assert spec["terminationGracePeriodSeconds"] == 45
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-tls"]
+    metadata = deployment["spec"]["template"]["metadata"]
+    assert metadata["labels"]["cdc-cache/cdc-cache"] == "shop"
+    assert metadata["annotations"]["kubectl.kubernetes.io/default-container"] == "orders-app"
 
 
 def test_parent_chart_classic_sidecar_unix_socket_and_monitoring(render, example_chart):
-    values = {"cdc-cache": merge(MONITORING, {
-        "nativeSidecar": False,
-        "grpcListen": "unix:/var/run/cdc-cache/grpc.sock",
-    })}
+    values = {"cdc-cache": merge(MONITORING, CLASSIC, UNIX)}
     docs = render(values, chart=example_chart, release="shop")
     container, is_init = sidecar(docs)
     assert not is_init and "initContainers" not in pod_spec(docs)
     assert [c["name"] for c in pod_spec(docs)["containers"]] == ["cdc-cache", "orders-app"]
+    assert "postStart" in container["lifecycle"]
     app = app_container(docs, "orders-app")
-    assert app["volumeMounts"] == [{"name": "cdc-cache-socket", "mountPath": "/var/run/cdc-cache"}]
+    # The app runs as 10001 and keeps its own /tmp; the socket directory is a volume of its own.
+    assert app["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cdc-cache-socket", "mountPath": "/var/run/cdc-cache"},
+    ]
     assert env_of(app)["CDC_CACHE_ADDR"] == "unix:/var/run/cdc-cache/grpc.sock"
+    assert pod_spec(docs)["securityContext"]["runAsUser"] == 10001
+    assert pod_spec(docs)["securityContext"]["fsGroup"] == 65532  # set: the parent had none
     # The subchart's monitoring objects render in the parent's release and find its pods.
     monitor = one(docs, "PodMonitor")
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = pod_template(docs)["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == ADMIN_PORT_NAME
     assert one(docs, "PrometheusRule")["metadata"]["name"] == "shop-cdc-cache"
     assert one(docs, "ConfigMap")["metadata"]["labels"]["grafana_dashboard"] == "1"
 
@@ -653,3 +1197,231 @@ def test_parent_chart_globals_are_accepted(render, example_chart):
     """Helm copies a parent's `global:` into every subchart; the strict schema must allow it."""
     docs = render({"global": {"imageRegistry": "registry.example"}}, chart=example_chart)
     assert sidecar(docs)[0]["name"] == "cdc-cache"
+
+
+def test_parent_chart_on_old_kubernetes_is_refused_through_capabilities(refuse, example_chart):
+    stderr = refuse({}, chart=example_chart, kube_version="1.28.0")
+    assert "nativeSidecar: Kubernetes v1.28.0" in stderr, stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent charts written here: the injection API and two copies in one pod
+# ---------------------------------------------------------------------------------------------
+
+CACHE_VALUES = {
+    "standalone": {"enabled": False},
+    "image": {"repository": "registry.example.com/platform/cdc-cache"},
+    "kafka": {"brokers": "kafka-0.kafka:9092"},
+}
+
+
+def parent_chart(root, deployment, values, aliases=("cdc-cache",)):
+    """A parent chart with cdc-cache unpacked under charts/ (one dependency per alias)."""
+    chart = root / "parent"
+    if chart.exists():
+        shutil.rmtree(chart)
+    (chart / "templates").mkdir(parents=True)
+    shutil.copytree(CHART, chart / "charts" / "cdc-cache")
+    dependencies = [{"name": "cdc-cache", "version": "0.1.0", "repository": "file://../cdc-cache"}
+                    | ({"alias": a} if a != "cdc-cache" else {}) for a in aliases]
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "v2", "name": "parent", "version": "0.1.0", "dependencies": dependencies}))
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    (chart / "templates" / "deployment.yaml").write_text(deployment)
+    return chart
+
+
+ONE_COPY = """\
+{{- $cdc := dict "Values" (index .Values "cdc-cache") "Release" .Release "Capabilities" .Capabilities }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  progressDeadlineSeconds: {{ include "cdc-cache.progressDeadlineSeconds" $cdc }}
+  selector:
+    matchLabels: {app: shop}
+  template:
+    {{- include "cdc-cache.inject" (dict "cdc" $cdc "pod" (.Values.pod | deepCopy)) | nindent 4 }}
+"""
+
+EXISTING_POD = {
+    "metadata": {"labels": {"app": "shop"}, "annotations": {"prometheus.io/scrape": "true"}},
+    "spec": {
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {"runAsUser": 10001, "fsGroup": 3000},
+        "initContainers": [{"name": "migrate", "image": "shop:1", "args": ["migrate"]}],
+        "containers": [
+            {"name": "shop", "image": "shop:1", "env": [{"name": "LOG", "value": "info"}],
+             "ports": [{"name": "http", "containerPort": 8080}],
+             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]},
+            {"name": "worker", "image": "shop:1"},
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    },
+}
+
+
+@pytest.fixture
+def parent(tmp_path, values_file):
+    """Renders a parent chart written here; returns the parsed, validated documents."""
+
+    def run(values, deployment=ONE_COPY, aliases=("cdc-cache",), check=True, kube_version=KUBE_VERSION):
+        chart = parent_chart(tmp_path, deployment, values, aliases)
+        result = helm("template", "shop", chart, "--namespace", "shop", "--kube-version", kube_version,
+                      check=check)
+        if not check:
+            assert result.returncode != 0, f"accepted:\n{result.stdout[:2000]}"
+            return result.stderr
+        docs = load_all(result.stdout)
+        validate(docs)
+        return docs
+
+    return run
+
+
+def test_inject_merges_into_an_existing_pod_and_keeps_what_it_has(parent):
+    docs = parent({"pod": EXISTING_POD, "cdc-cache": merge(CACHE_VALUES, UNIX, {"topics": [{"topic": "orders"}]})})
+    template = pod_template(docs)
+    spec = template["spec"]
+    # Native: after the pod's own init containers (they run first, then the bootstrap).
+    assert [c["name"] for c in spec["initContainers"]] == ["migrate", "cdc-cache"]
+    assert [c["name"] for c in spec["containers"]] == ["shop", "worker"]
+    for name in ("shop", "worker"):
+        app = app_container(docs, name)
+        assert env_of(app)["CDC_CACHE_ADDR"] == "unix:/var/run/cdc-cache/grpc.sock"
+        assert {"name": "cdc-cache-socket", "mountPath": "/var/run/cdc-cache"} in app["volumeMounts"]
+    assert env_of(app_container(docs, "shop"))["LOG"] == "info"
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-socket"]
+    # The pod's own settings win where they suffice.
+    assert spec["securityContext"] == {"runAsUser": 10001, "fsGroup": 3000}
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["enableServiceLinks"] is False
+    assert template["metadata"]["labels"] == {"app": "shop", "cdc-cache/cdc-cache": "shop"}
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "kubectl.kubernetes.io/default-container": "shop"}
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == BUDGET + 600
+
+
+def test_inject_options_position_app_containers_and_kept_env(parent):
+    pod = merge(EXISTING_POD)
+    pod["spec"]["containers"][0]["env"].append({"name": "CDC_CACHE_ADDR", "value": "unix:/custom"})
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "worker"
+    docs = parent({"pod": pod, "cdc-cache": merge(CACHE_VALUES, {
+        "topics": [{"topic": "orders"}],
+        "inject": {"initContainerPosition": "first", "appContainers": ["shop"]}})})
+    spec = pod_spec(docs)
+    assert [c["name"] for c in spec["initContainers"]] == ["cdc-cache", "migrate"]
+    assert env_of(app_container(docs, "shop"))["CDC_CACHE_ADDR"] == "unix:/custom"  # the parent's wins
+    assert "env" not in app_container(docs, "worker")
+    assert pod_template(docs)["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "worker"
+
+
+def test_inject_classic_places_the_sidecar_before_the_first_app_container(parent):
+    docs = parent({"pod": EXISTING_POD, "cdc-cache": merge(CACHE_VALUES, CLASSIC, {"topics": [{"topic": "orders"}]})})
+    spec = pod_spec(docs)
+    assert [c["name"] for c in spec["initContainers"]] == ["migrate"]
+    assert [c["name"] for c in spec["containers"]] == ["cdc-cache", "shop", "worker"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda pod: pod["spec"]["volumes"].append({"name": "cdc-cache-socket", "emptyDir": {}}),
+     "already has a volume named cdc-cache-socket"),
+    (lambda pod: pod["spec"]["containers"].append({"name": "cdc-cache", "image": "x"}),
+     "already has a container named cdc-cache"),
+    (lambda pod: pod["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "tmp", "mountPath": "/var/run/cdc-cache"}), "already mounts /var/run/cdc-cache"),
+    (lambda pod: pod["spec"].update(terminationGracePeriodSeconds=10), "terminationGracePeriodSeconds 10"),
+    (lambda pod: pod["spec"].update(containers=[]), "no containers"),
+])
+def test_inject_refuses_collisions_naming_them(parent, change, expected):
+    pod = merge(EXISTING_POD)
+    change(pod)
+    stderr = parent({"pod": pod, "cdc-cache": merge(CACHE_VALUES, UNIX, {"topics": [{"topic": "orders"}]})},
+                    check=False)
+    assert expected in stderr, stderr
+
+
+TWO_COPIES = """\
+{{- $orders := dict "Values" (index .Values "orders-cache") "Release" .Release "Capabilities" .Capabilities }}
+{{- $prices := dict "Values" (index .Values "prices-cache") "Release" .Release "Capabilities" .Capabilities }}
+{{- $pod := .Values.pod | deepCopy }}
+{{- $pod = include "cdc-cache.inject" (dict "cdc" $orders "pod" $pod) | fromYaml }}
+{{- $pod = include "cdc-cache.inject" (dict "cdc" $prices "pod" $pod) | fromYaml }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  progressDeadlineSeconds: {{ max (include "cdc-cache.progressDeadlineSeconds" $orders | atoi) (include "cdc-cache.progressDeadlineSeconds" $prices | atoi) }}
+  selector:
+    matchLabels: {app: shop}
+  template:
+    {{- toYaml $pod | nindent 4 }}
+"""
+
+
+def two_copies(native=True, transport=UNIX, monitoring=MONITORING, prices_port=9465):
+    common = merge(CACHE_VALUES, {"nativeSidecar": native}, transport, monitoring,
+                   {"networkPolicy": {"enabled": True}})
+    return {
+        "pod": EXISTING_POD,
+        "orders-cache": merge(common, {"instanceName": "orders-cache", "topics": [{"topic": "orders"}]}),
+        "prices-cache": merge(common, {"instanceName": "prices-cache", "topics": [{"topic": "prices"}],
+                                       "admin": {"port": prices_port},
+                                       "probes": {"startup": {"failureThreshold": 360}}}),
+    }
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_two_copies_in_one_pod_keep_every_name_apart(parent, native):
+    transport = UNIX if native else {"grpcListen": "127.0.0.1:50051"}
+    values = two_copies(native, transport)
+    if not native:
+        values["prices-cache"]["grpcListen"] = "127.0.0.1:50052"
+    docs = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"))
+    spec = pod_spec(docs)  # validate() has already refused duplicate names, ports, env and mounts
+    where = spec["initContainers"] if native else spec["containers"]
+    caches = [c for c in where if c["name"] in ("orders-cache", "prices-cache")]
+    assert [c["name"] for c in caches] == ["orders-cache", "prices-cache"]
+    port_names = [c["ports"][0]["name"] for c in caches]
+    assert len(set(port_names)) == 2 and all(len(n) <= 15 and PORT_NAME.match(n) for n in port_names)
+    app = app_container(docs, "shop")
+    env = env_of(app)
+    if native:
+        assert env["ORDERS_CACHE_ADDR"] == "unix:/var/run/orders-cache/grpc.sock"
+        assert env["PRICES_CACHE_ADDR"] == "unix:/var/run/prices-cache/grpc.sock"
+        assert [v["name"] for v in spec["volumes"]] == ["tmp", "orders-cache-socket", "prices-cache-socket"]
+    else:
+        assert (env["ORDERS_CACHE_ADDR"], env["PRICES_CACHE_ADDR"]) == ("127.0.0.1:50051", "127.0.0.1:50052")
+        # Both classic sidecars come before the app, so both hold it.
+        assert [c["name"] for c in spec["containers"]] == ["orders-cache", "prices-cache", "shop", "worker"]
+    labels = pod_template(docs)["metadata"]["labels"]
+    assert labels["cdc-cache/orders-cache"] == labels["cdc-cache/prices-cache"] == "shop"
+    # Monitoring and policy objects: one per copy, distinctly named, each scraping its own port.
+    for kind in ("PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy"):
+        names = sorted(d["metadata"]["name"] for d in kinds(docs, kind))
+        assert len(names) == 2 and len(set(names)) == 2, (kind, names)
+    monitors = {d["metadata"]["name"]: d["spec"] for d in kinds(docs, "PodMonitor")}
+    assert monitors["shop-orders-cache"]["podMetricsEndpoints"][0]["port"] == port_names[0]
+    assert monitors["shop-prices-cache"]["podMetricsEndpoints"][0]["port"] == port_names[1]
+    assert monitors["shop-prices-cache"]["selector"]["matchLabels"] == {"cdc-cache/prices-cache": "shop"}
+    dashboards = [json.loads(v) for d in kinds(docs, "ConfigMap") for v in d["data"].values()]
+    assert len({d["uid"] for d in dashboards}) == 2
+    files = [k for d in kinds(docs, "ConfigMap") for k in d["data"]]
+    assert len(set(files)) == 2
+    # The longer budget of the two decides the rollout deadline.
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == 10 * 360 + 600
+
+
+def test_two_copies_on_one_admin_port_are_refused(parent):
+    values = two_copies(prices_port=ADMIN_PORT)
+    stderr = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"), check=False)
+    assert "admin.port: container orders-cache already uses port 9464" in stderr, stderr
+
+
+def test_two_copies_with_one_instance_name_are_refused(parent):
+    values = two_copies()
+    values["prices-cache"]["instanceName"] = "orders-cache"
+    stderr = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"), check=False)
+    assert "already has a container named orders-cache" in stderr, stderr

@@ -1,42 +1,79 @@
 {{/*
 Named templates, also for parent charts that inject the sidecar into their own pods.
 
-Every template takes a context with two fields:
-  .Values   this chart's values
-  .Release  the release
+Every template takes a context with these fields:
+  .Values        this chart's values
+  .Release       the release
+  .Capabilities  the cluster's capabilities (optional; enables the Kubernetes version check)
 Standalone (this chart's own templates) passes the root context `.`. A parent chart that lists
 cdc-cache under `dependencies` passes its `cdc-cache:` values, which Helm has already merged with
 this chart's defaults:
 
-  {{- $cdc := dict "Values" (index .Values "cdc-cache") "Release" .Release }}
-  {{- include "cdc-cache.initContainers" $cdc | nindent 8 }}
+  {{- $cdc := dict "Values" (index .Values "cdc-cache") "Release" .Release "Capabilities" .Capabilities }}
 
 (`index` because the key contains a dash.) None of the templates read .Chart or .Files, which in
 a parent would describe the parent; cdc-cache.labels adds chart labels only when .Chart is given.
+
+The one template a parent needs is cdc-cache.inject: it takes the parent's pod template and
+returns it with the sidecar, volumes, env, labels, annotations and pod settings merged in. The
+smaller templates below it remain for charts that assemble the pod themselves.
 */}}
 
-{{/* Name of the standalone resources: <release>-cdc-cache, at most 63 characters. */}}
+{{/* ------------------------------------------------------------------------------------------
+Names, all derived from instanceName so that two copies of the chart can share a pod.
+------------------------------------------------------------------------------------------- */}}
+
+{{- define "cdc-cache.instanceName" -}}
+{{- .Values.instanceName | default "cdc-cache" -}}
+{{- end -}}
+
+{{/* Name of the standalone and monitoring objects: <release>-<instanceName>, at most 63 characters. */}}
 {{- define "cdc-cache.fullname" -}}
+{{- $name := include "cdc-cache.instanceName" . -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
-{{- else if contains "cdc-cache" .Release.Name -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-cdc-cache" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
-Labels every pod carrying this release's sidecar must have: the PodMonitor selects on them.
-A parent chart adds them to its pod template's labels.
+The admin port's name. Kubernetes allows 15 characters (an IANA service name): <instanceName>-admin
+when it fits, else cc-<6 hex of the name's sha256>-admin, short and distinct per instance.
+*/}}
+{{- define "cdc-cache.adminPortName" -}}
+{{- $name := include "cdc-cache.instanceName" . -}}
+{{- $port := printf "%s-admin" $name -}}
+{{- if and (le (len $port) 15) (not (contains "--" $port)) -}}
+{{- $port -}}
+{{- else -}}
+{{- printf "cc-%s-admin" (sha256sum $name | trunc 6) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The app's env var holding the cache address: CDC_CACHE_ADDR for instanceName cdc-cache. */}}
+{{- define "cdc-cache.appEnvName" -}}
+{{- printf "%s_ADDR" (include "cdc-cache.instanceName" . | upper | replace "-" "_") -}}
+{{- end -}}
+
+{{/* The pod label the PodMonitor and the NetworkPolicy select on (key: value on one line). */}}
+{{- define "cdc-cache.podLabelKey" -}}
+{{- printf "cdc-cache/%s" (include "cdc-cache.instanceName" .) -}}
+{{- end -}}
+
+{{/*
+Labels every pod carrying this copy of the sidecar must have. cdc-cache.inject adds them; a
+parent assembling its own pod adds them to its pod template's labels.
 */}}
 {{- define "cdc-cache.podLabels" -}}
-cdc-cache/instance: {{ .Release.Name | quote }}
+{{ include "cdc-cache.podLabelKey" . }}: {{ .Release.Name | quote }}
 {{- end -}}
 
 {{/* Selector of the standalone Deployment. */}}
 {{- define "cdc-cache.selectorLabels" -}}
-app.kubernetes.io/name: cdc-cache
+app.kubernetes.io/name: {{ include "cdc-cache.instanceName" . }}
 app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end -}}
 
@@ -50,13 +87,76 @@ app.kubernetes.io/version: {{ .AppVersion | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* The Prometheus job of this release's PodMonitor: the operator names it <namespace>/<name>. */}}
+{{- define "cdc-cache.monitorJob" -}}
+{{- printf "%s/%s" .Release.Namespace (include "cdc-cache.fullname" .) -}}
+{{- end -}}
+
 {{- define "cdc-cache.image" -}}
+{{- $repository := required "image.repository: set the registry path of the cdc-cache image (build the repository's Dockerfile and push it; no public image is published)" .Values.image.repository -}}
 {{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{ $repository }}@{{ .Values.image.digest }}
 {{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{ $repository }}:{{ .Values.image.tag }}
 {{- end -}}
 {{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+Budgets and durations
+------------------------------------------------------------------------------------------- */}}
+
+{{/* A humantime duration (10s, 1m30s, 500ms) in whole milliseconds. */}}
+{{- define "cdc-cache.durationMs" -}}
+{{- $total := 0 -}}
+{{- $perUnit := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- range regexFindAll `[0-9]+(ns|us|ms|s|m|h|d)` (toString .) -1 -}}
+{{- $n := regexFind `^[0-9]+` . | atoi -}}
+{{- $unit := regexReplaceAll `^[0-9]+` . "" -}}
+{{- if eq $unit "ns" -}}
+{{- $total = add $total (div $n 1000000) -}}
+{{- else if eq $unit "us" -}}
+{{- $total = add $total (div $n 1000) -}}
+{{- else -}}
+{{- $total = add $total (mul $n (get $perUnit $unit)) -}}
+{{- end -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+The bootstrap budget in seconds: probes.startup periodSeconds x failureThreshold. The startup
+probe, the classic wait hook, the Deployment's progress deadline and the NotReady alert all use it.
+*/}}
+{{- define "cdc-cache.startupBudgetSeconds" -}}
+{{- mul (int64 .Values.probes.startup.periodSeconds) (int64 .Values.probes.startup.failureThreshold) -}}
+{{- end -}}
+
+{{/*
+progressDeadlineSeconds for a Deployment of pods carrying the sidecar: the bootstrap budget plus
+600 s (Kubernetes' own default, for scheduling, image pulls and the app's start), unless
+standalone.progressDeadlineSeconds is set. Parent charts put it in their Deployment spec.
+*/}}
+{{- define "cdc-cache.progressDeadlineSeconds" -}}
+{{- $explicit := int64 (.Values.standalone.progressDeadlineSeconds | default 0) -}}
+{{- if gt $explicit 0 -}}
+{{- $explicit -}}
+{{- else -}}
+{{- add (include "cdc-cache.startupBudgetSeconds" . | atoi) 600 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The shortest terminationGracePeriodSeconds the sidecar needs, in milliseconds. */}}
+{{- define "cdc-cache.shutdownNeedMs" -}}
+{{- $need := add (include "cdc-cache.durationMs" .Values.shutdownGrace | atoi) 12000 -}}
+{{- if not .Values.nativeSidecar -}}
+{{- $need = add $need (include "cdc-cache.durationMs" .Values.shutdownDelay | atoi) -}}
+{{- end -}}
+{{- $need -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+Kafka settings
+------------------------------------------------------------------------------------------- */}}
 
 {{/*
 CDC_CACHE_TOPICS: TOPIC[=TABLE][:FORMAT] joined by commas. Duplicates fail here, at install,
@@ -89,7 +189,22 @@ rather than as a crash-looping sidecar.
 CDC_CACHE_KAFKA_{{ . | replace "." "_" | upper }}
 {{- end -}}
 
-{{/* Where the TLS Secret is mounted in the sidecar. */}}
+{{/*
+The TCP ports the sidecar connects to, as a JSON list: kafka.ports, or the ports in kafka.brokers.
+*/}}
+{{- define "cdc-cache.kafkaPorts" -}}
+{{- $ports := list -}}
+{{- if .Values.kafka.ports -}}
+{{- range .Values.kafka.ports }}{{ $ports = append $ports (int64 .) }}{{ end -}}
+{{- else -}}
+{{- range splitList "," (.Values.kafka.brokers | default "") -}}
+{{- with regexFind `[0-9]+$` . }}{{ $ports = append $ports (atoi .) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- $ports | uniq | toJson -}}
+{{- end -}}
+
+{{/* Where the TLS files are mounted in the sidecar. */}}
 {{- define "cdc-cache.tlsDir" -}}
 /etc/cdc-cache/tls
 {{- end -}}
@@ -99,36 +214,42 @@ CDC_CACHE_KAFKA_{{ . | replace "." "_" | upper }}
 {{- $tls := .Values.kafka.tls -}}
 {{- if $tls.enabled -}}
 {{- $dir := include "cdc-cache.tlsDir" . -}}
-{{- with $tls.caKey }}
+{{- if or $tls.ca.configMapName $tls.ca.secretName }}
 ssl.ca.location: {{ printf "%s/ca.crt" $dir }}
 {{- end }}
-{{- with $tls.certKey }}
+{{- if $tls.clientCert.secretName }}
 ssl.certificate.location: {{ printf "%s/tls.crt" $dir }}
-{{- end }}
-{{- with $tls.keyKey }}
 ssl.key.location: {{ printf "%s/tls.key" $dir }}
 {{- end }}
 {{- end -}}
 {{- end -}}
 
-{{/* The gRPC address for the app: 127.0.0.1:50051 or unix:/path (both valid gRPC targets). */}}
+{{/* ------------------------------------------------------------------------------------------
+The gRPC address and the unix socket
+------------------------------------------------------------------------------------------- */}}
+
+{{/* Directory of the unix socket (a volume of its own), or nothing when gRPC is on TCP. */}}
+{{- define "cdc-cache.socketDir" -}}
+{{- if eq (toString .Values.grpcListen) "unix" -}}
+{{ printf "/var/run/%s" (include "cdc-cache.instanceName" .) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The gRPC address for the sidecar and the app: 127.0.0.1:50051 or unix:/var/run/<name>/grpc.sock. */}}
 {{- define "cdc-cache.grpcAddress" -}}
+{{- with include "cdc-cache.socketDir" . -}}
+{{ printf "unix:%s/grpc.sock" . }}
+{{- else -}}
 {{ .Values.grpcListen }}
 {{- end -}}
-
-{{/* Directory of the unix socket, or nothing when gRPC is on TCP. */}}
-{{- define "cdc-cache.socketDir" -}}
-{{- if hasPrefix "unix:" .Values.grpcListen -}}
-{{ trimPrefix "unix:" .Values.grpcListen | dir }}
-{{- end -}}
 {{- end -}}
 
-{{/*
-Refuses combinations the schema cannot express. Called by cdc-cache.container, so every mode
-checks the same way.
-*/}}
+{{/* ------------------------------------------------------------------------------------------
+Checks the schema cannot express. Called by cdc-cache.container, so every mode checks the same way.
+------------------------------------------------------------------------------------------- */}}
 {{- define "cdc-cache.validate" -}}
-{{- $kafka := .Values.kafka -}}
+{{- $v := .Values -}}
+{{- $kafka := $v.kafka -}}
 {{- $_ := required "kafka.brokers: set the Kafka bootstrap servers (host:port,host:port)" $kafka.brokers -}}
 {{- /* The binary refuses these too; failing here names the value before anything is deployed. */ -}}
 {{- $reserved := dict
@@ -138,6 +259,7 @@ checks the same way.
   "enable.auto.offset.store" "the log is the state; cdc-cache never commits offsets"
   "auto.offset.reset" "every partition is read from its beginning"
   "isolation.level" "aborted transactions must never reach the cache"
+  "queued.max.messages.kbytes" "use kafka.prefetchKbytes, which the memory formula counts"
   "options" "not a librdkafka property (CDC_CACHE_KAFKA_OPTIONS is the comma-separated list)" -}}
 {{- $all := keys $kafka.options -}}
 {{- range $kafka.secretOptions }}{{ $all = append $all .option }}{{ end -}}
@@ -151,11 +273,6 @@ checks the same way.
 {{- fail (printf "kafka.options.%s: a secret must not be inlined in values; move it to kafka.secretOptions (option, secretName, secretKey)" $option) -}}
 {{- end -}}
 {{- end -}}
-{{- range .Values.app.ports -}}
-{{- if eq (.name | default "") "metrics" -}}
-{{- fail "app.ports: the port name metrics is taken by the sidecar's admin port" -}}
-{{- end -}}
-{{- end -}}
 {{- $secret := dict -}}
 {{- range $kafka.secretOptions -}}
 {{- if hasKey $kafka.options .option -}}
@@ -166,13 +283,13 @@ checks the same way.
 {{- end -}}
 {{- $_ := set $secret .option true -}}
 {{- end -}}
-{{- if $kafka.tls.enabled -}}
-{{- $_ := required "kafka.tls.secretName: name the Secret holding the TLS files (or set kafka.tls.enabled: false)" $kafka.tls.secretName -}}
-{{- if and (empty $kafka.tls.caKey) (empty $kafka.tls.certKey) -}}
-{{- fail "kafka.tls: enabled but caKey and certKey are both empty; nothing to mount" -}}
+{{- $tls := $kafka.tls -}}
+{{- if $tls.enabled -}}
+{{- if and $tls.ca.configMapName $tls.ca.secretName -}}
+{{- fail "kafka.tls.ca: set configMapName or secretName, not both" -}}
 {{- end -}}
-{{- if ne (empty $kafka.tls.certKey) (empty $kafka.tls.keyKey) -}}
-{{- fail "kafka.tls: certKey and keyKey go together (client certificate and its private key)" -}}
+{{- if not (or $tls.ca.configMapName $tls.ca.secretName $tls.clientCert.secretName) -}}
+{{- fail "kafka.tls: enabled but no CA (ca.configMapName or ca.secretName) and no client certificate (clientCert.secretName); nothing to mount" -}}
 {{- end -}}
 {{- $protocol := get $kafka.options "security.protocol" | toString | lower -}}
 {{- if not (has $protocol (list "ssl" "sasl_ssl")) -}}
@@ -184,12 +301,22 @@ checks the same way.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- $bind := toString $v.admin.bindAddress -}}
+{{- if or (hasPrefix "127." $bind) (eq $bind "[::1]") (hasPrefix "[::ffff:127." $bind) -}}
+{{- fail (printf "admin.bindAddress %s: kubelet probes and Prometheus reach the admin port on the pod IP, so a loopback address never becomes ready; use \"[::]\" (IPv6 and IPv4) or \"0.0.0.0\"" $bind) -}}
 {{- end -}}
+{{- if hasPrefix "unix:" (toString $v.grpcListen) -}}
+{{- fail (printf "grpcListen %s: set grpcListen: unix; the socket then lives at /var/run/%s/grpc.sock, in a volume of its own shared with the app (a path of your choosing could hide a directory the app needs, such as /tmp)" $v.grpcListen (include "cdc-cache.instanceName" .)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+The sidecar
+------------------------------------------------------------------------------------------- */}}
 
 {{/*
 The sidecar container, as one list item. With nativeSidecar it carries restartPolicy: Always and
-belongs in initContainers; otherwise in containers. Parent charts normally use the two wrappers
-below, which pick the right list.
+belongs in initContainers; otherwise in containers, before the app.
 */}}
 {{- define "cdc-cache.container" -}}
 {{- include "cdc-cache.validate" . -}}
@@ -197,7 +324,8 @@ below, which pick the right list.
 {{- $port := int $v.admin.port -}}
 {{- $tlsOptions := include "cdc-cache.tlsOptions" . | fromYaml -}}
 {{- $socketDir := include "cdc-cache.socketDir" . -}}
-- name: cdc-cache
+{{- $budget := include "cdc-cache.startupBudgetSeconds" . -}}
+- name: {{ include "cdc-cache.instanceName" . }}
   image: {{ include "cdc-cache.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
   {{- if $v.nativeSidecar }}
@@ -207,6 +335,11 @@ below, which pick the right list.
   {{- end }}
   args: ["serve"]
   env:
+    # The default client.id is cdc-cache-<pod name>, so brokers can tell pods apart.
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
     - name: CDC_CACHE_BROKERS
       value: {{ $v.kafka.brokers | quote }}
     - name: CDC_CACHE_TOPICS
@@ -214,26 +347,44 @@ below, which pick the right list.
     - name: CDC_CACHE_FORMAT
       value: {{ $v.format | quote }}
     - name: CDC_CACHE_GRPC_LISTEN
-      value: {{ $v.grpcListen | quote }}
+      value: {{ include "cdc-cache.grpcAddress" . | quote }}
+    {{- if $socketDir }}
+    - name: CDC_CACHE_GRPC_SOCKET_MODE
+      value: {{ $v.grpcSocket.mode | toString | quote }}
+    {{- end }}
     # The one port on the pod network: probes and Prometheus.
-    - name: CDC_CACHE_METRICS_LISTEN
-      value: {{ printf "%s:%d" $v.admin.bindAddress $port | quote }}
+    - name: CDC_CACHE_ADMIN_LISTEN
+      value: {{ printf "%s:%d" (toString $v.admin.bindAddress) $port | quote }}
+    {{- with $v.clientId }}
+    - name: CDC_CACHE_CLIENT_ID
+      value: {{ . | quote }}
+    {{- end }}
     - name: CDC_CACHE_MAX_MULTIGET_KEYS
       value: {{ $v.maxMultigetKeys | int64 | toString | quote }}
     - name: CDC_CACHE_GRPC_MAX_MESSAGE_BYTES
       value: {{ $v.grpcMaxMessageBytes | int64 | toString | quote }}
+    {{- if not $v.nativeSidecar }}
+    # Classic sidecar: the app gets SIGTERM at the same moment; keep answering while it drains.
+    - name: CDC_CACHE_SHUTDOWN_DELAY
+      value: {{ $v.shutdownDelay | quote }}
+    {{- end }}
     - name: CDC_CACHE_SHUTDOWN_GRACE
       value: {{ $v.shutdownGrace | quote }}
     - name: CDC_CACHE_PARTITION_DISCOVERY_INTERVAL
       value: {{ $v.partitionDiscoveryInterval | quote }}
     - name: CDC_CACHE_ON_DECODE_ERROR
       value: {{ $v.onDecodeError | quote }}
+    - name: CDC_CACHE_MEMORY_LIMIT_RATIO
+      value: {{ $v.memoryLimitRatio | toString | quote }}
     - name: CDC_CACHE_LOG_FORMAT
       value: {{ $v.logFormat | quote }}
     {{- with $v.logFilter }}
     - name: RUST_LOG
       value: {{ . | quote }}
     {{- end }}
+    # Prefetch per topic: the memory formula counts it (values.yaml, resources).
+    - name: CDC_CACHE_KAFKA_QUEUED_MAX_MESSAGES_KBYTES
+      value: {{ $v.kafka.prefetchKbytes | int64 | toString | quote }}
     {{- range $option, $value := $v.kafka.options }}
     - name: {{ include "cdc-cache.kafkaEnvName" $option }}
       value: {{ $value | toString | quote }}
@@ -252,9 +403,13 @@ below, which pick the right list.
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- with $v.extraEnvFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   ports:
     # Named so the PodMonitor can find it; the gRPC cache port stays on loopback and unlisted.
-    - name: metrics
+    - name: {{ include "cdc-cache.adminPortName" . }}
       containerPort: {{ $port }}
       protocol: TCP
   {{- if $v.nativeSidecar }}
@@ -281,6 +436,15 @@ below, which pick the right list.
     periodSeconds: {{ $v.probes.liveness.periodSeconds }}
     timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
     failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+  {{- if and (not $v.nativeSidecar) $v.holdApplicationUntilReady }}
+  # Holds the containers listed after this one: kubelet starts them once the hook returns, i.e.
+  # once every topic has caught up. A timeout (the bootstrap budget) fails the hook, which
+  # restarts the sidecar, as the startup probe does in native mode.
+  lifecycle:
+    postStart:
+      exec:
+        command: ["/usr/local/bin/cdc-cache", "wait", "--timeout", {{ printf "%ss" $budget | quote }}]
+  {{- end }}
   {{- with $v.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
@@ -289,16 +453,19 @@ below, which pick the right list.
     {{- toYaml $v.securityContext | nindent 4 }}
   # On a crash the last log lines show in `kubectl describe pod`.
   terminationMessagePolicy: FallbackToLogsOnError
-  {{- if or $v.kafka.tls.enabled $socketDir }}
+  {{- if or $v.kafka.tls.enabled $socketDir $v.extraVolumeMounts }}
   volumeMounts:
     {{- if $v.kafka.tls.enabled }}
-    - name: cdc-cache-tls
+    - name: {{ include "cdc-cache.instanceName" . }}-tls
       mountPath: {{ include "cdc-cache.tlsDir" . }}
       readOnly: true
     {{- end }}
     {{- with $socketDir }}
-    - name: cdc-cache-socket
+    - name: {{ include "cdc-cache.instanceName" $ }}-socket
       mountPath: {{ . }}
+    {{- end }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- end }}
 {{- end -}}
@@ -319,50 +486,311 @@ below, which pick the right list.
 
 {{/* Pod volumes the sidecar needs, as list items; nothing when it needs none. */}}
 {{- define "cdc-cache.volumes" -}}
+{{- $name := include "cdc-cache.instanceName" . -}}
 {{- $tls := .Values.kafka.tls -}}
 {{- if $tls.enabled }}
-- name: cdc-cache-tls
-  secret:
-    secretName: {{ $tls.secretName | quote }}
-    # Readable by any user because the files are root-owned and the sidecar runs as 65532
-    # without relying on the pod's fsGroup (a parent chart may not set one). The volume is
-    # mounted into the sidecar only.
+# One projected volume from up to two sources: the CA (ConfigMap or Secret) and the client
+# certificate (Secret), under fixed file names the librdkafka options point to.
+- name: {{ $name }}-tls
+  projected:
+    # Readable by any user: the files are root-owned and the sidecar runs as 65532 without
+    # relying on an fsGroup. The volume is mounted into the sidecar only.
     defaultMode: 0444
-    # Fixed file names, so the librdkafka options need not follow the Secret's key names.
-    items:
-      {{- with $tls.caKey }}
-      - key: {{ . | quote }}
-        path: ca.crt
+    sources:
+      {{- if $tls.ca.configMapName }}
+      - configMap:
+          name: {{ $tls.ca.configMapName | quote }}
+          items:
+            - key: {{ $tls.ca.key | quote }}
+              path: ca.crt
+      {{- else if $tls.ca.secretName }}
+      - secret:
+          name: {{ $tls.ca.secretName | quote }}
+          items:
+            - key: {{ $tls.ca.key | quote }}
+              path: ca.crt
       {{- end }}
-      {{- with $tls.certKey }}
-      - key: {{ . | quote }}
-        path: tls.crt
-      {{- end }}
-      {{- with $tls.keyKey }}
-      - key: {{ . | quote }}
-        path: tls.key
+      {{- with $tls.clientCert.secretName }}
+      - secret:
+          name: {{ . | quote }}
+          items:
+            - key: {{ $tls.clientCert.certKey | quote }}
+              path: tls.crt
+            - key: {{ $tls.clientCert.keyKey | quote }}
+              path: tls.key
       {{- end }}
 {{- end }}
 {{- if include "cdc-cache.socketDir" . }}
-# The unix socket lives here: the root filesystem is read-only, and the app mounts it too.
-- name: cdc-cache-socket
+# The unix socket's own directory, in memory: nothing but the socket lives here.
+- name: {{ $name }}-socket
   emptyDir:
+    medium: Memory
     sizeLimit: 1Mi
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
 {{/* Mounts the app container needs to reach the cache (the unix socket directory, if any). */}}
 {{- define "cdc-cache.appVolumeMounts" -}}
 {{- with include "cdc-cache.socketDir" . }}
-- name: cdc-cache-socket
+- name: {{ include "cdc-cache.instanceName" $ }}-socket
   mountPath: {{ . }}
 {{- end }}
 {{- end -}}
 
-{{/* Env for the app container: CDC_CACHE_ADDR, where to dial the cache. */}}
+{{/* Env for the app container: <INSTANCE_NAME>_ADDR (CDC_CACHE_ADDR), where to dial the cache. */}}
 {{- define "cdc-cache.appEnv" -}}
-- name: CDC_CACHE_ADDR
+- name: {{ include "cdc-cache.appEnvName" . }}
   value: {{ include "cdc-cache.grpcAddress" . | quote }}
+{{- end -}}
+
+{{/*
+Pod annotations for mesh.excludePorts, as a YAML map (nothing for none): the broker ports out of
+outbound interception, the admin port out of inbound.
+*/}}
+{{- define "cdc-cache.meshAnnotations" -}}
+{{- $mesh := .Values.mesh.excludePorts | default "none" -}}
+{{- $out := list -}}
+{{- range include "cdc-cache.kafkaPorts" . | fromJsonArray }}{{ $out = append $out (toString (int64 .)) }}{{ end -}}
+{{- $in := toString (int64 .Values.admin.port) -}}
+{{- if eq $mesh "istio" -}}
+{{- if $out }}
+traffic.sidecar.istio.io/excludeOutboundPorts: {{ join "," $out | quote }}
+{{- end }}
+traffic.sidecar.istio.io/excludeInboundPorts: {{ $in | quote }}
+{{- else if eq $mesh "linkerd" -}}
+{{- if $out }}
+config.linkerd.io/skip-outbound-ports: {{ join "," $out | quote }}
+{{- end }}
+config.linkerd.io/skip-inbound-ports: {{ $in | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+cdc-cache.inject: the one template a parent chart needs.
+
+  {{- $cdc := dict "Values" (index .Values "cdc-cache") "Release" .Release "Capabilities" .Capabilities }}
+  template:
+    {{- include "cdc-cache.inject" (dict "cdc" $cdc "pod" (include "myapp.pod" . | fromYaml)) | nindent 4 }}
+
+Takes the parent's pod template (metadata and spec, as a dict) and returns it as YAML with:
+  - the sidecar: native, appended to initContainers (inject.initContainerPosition); classic,
+    in containers right before the first app container (so holdApplicationUntilReady holds it);
+  - every app container (inject.appContainers, default all): <INSTANCE_NAME>_ADDR unless set,
+    and the socket mount in unix mode;
+  - the volumes (TLS, socket, extraVolumes);
+  - labels: cdc-cache/<instanceName>: <release>;
+  - annotations: kubectl.kubernetes.io/default-container (the first app container, unless set)
+    and the mesh exclusions, merged into existing comma lists;
+  - pod settings: fsGroup in unix mode (grpcSocket.fsGroup, unless the pod has one),
+    terminationGracePeriodSeconds (the values' default unless set; refused when shorter than
+    the sidecar needs), enableServiceLinks: false unless set.
+Collisions (container, volume, port or mount path already in the pod) fail with the name. Call
+it once per copy of the chart, feeding one call's result (| fromYaml) to the next.
+------------------------------------------------------------------------------------------- */}}
+{{- define "cdc-cache.inject" -}}
+{{- $ctx := required "cdc-cache.inject: pass (dict \"cdc\" <context> \"pod\" <pod template>)" .cdc -}}
+{{- $v := $ctx.Values -}}
+{{- $podIn := required "cdc-cache.inject: pass the pod template as \"pod\" (a dict with metadata and spec, e.g. include \"myapp.pod\" . | fromYaml)" .pod -}}
+{{- if hasKey $podIn "Error" -}}
+{{- fail (printf "cdc-cache.inject: the pod template is not valid YAML: %s" $podIn.Error) -}}
+{{- end -}}
+{{- $pod := deepCopy $podIn -}}
+{{- $name := include "cdc-cache.instanceName" $ctx -}}
+{{- $meta := $pod.metadata | default dict -}}
+{{- $_ := set $pod "metadata" $meta -}}
+{{- $labels := $meta.labels | default dict -}}
+{{- $_ = set $meta "labels" $labels -}}
+{{- $annotations := $meta.annotations | default dict -}}
+{{- $spec := $pod.spec | default dict -}}
+{{- $_ = set $pod "spec" $spec -}}
+{{- $containers := $spec.containers | default list -}}
+{{- $inits := $spec.initContainers | default list -}}
+{{- if not $containers -}}
+{{- fail "cdc-cache.inject: the pod template has no containers; the app's containers go in spec.containers" -}}
+{{- end -}}
+
+{{- /* Native sidecars need Kubernetes 1.29 (beta, on by default); older API servers drop restartPolicy. */ -}}
+{{- if and $v.nativeSidecar $ctx.Capabilities -}}
+{{- if semverCompare "<1.29.0-0" $ctx.Capabilities.KubeVersion.Version -}}
+{{- fail (printf "nativeSidecar: Kubernetes %s has no native sidecars (1.29 or later); set nativeSidecar: false" $ctx.Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The app containers: named ones, or all but other cdc-cache sidecars. */ -}}
+{{- $apps := list -}}
+{{- range $containers -}}
+{{- $isCache := false -}}
+{{- range (.env | default list) }}{{ if eq .name "CDC_CACHE_GRPC_LISTEN" }}{{ $isCache = true }}{{ end }}{{ end -}}
+{{- if and (not $isCache) (or (empty $v.inject.appContainers) (has .name $v.inject.appContainers)) -}}
+{{- $apps = append $apps .name -}}
+{{- end -}}
+{{- end -}}
+{{- range $v.inject.appContainers -}}
+{{- if not (has . $apps) -}}
+{{- fail (printf "inject.appContainers: the pod has no app container named %q" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $apps -}}
+{{- fail "cdc-cache.inject: the pod has no app container (only cdc-cache sidecars)" -}}
+{{- end -}}
+
+{{- /* The sidecar, checked against what the pod already has. */ -}}
+{{- $sidecar := include "cdc-cache.container" $ctx | fromYamlArray | first -}}
+{{- $adminPort := int64 $v.admin.port -}}
+{{- $adminPortName := include "cdc-cache.adminPortName" $ctx -}}
+{{- $grpc := include "cdc-cache.grpcAddress" $ctx -}}
+{{- range concat $inits $containers -}}
+{{- $other := .name -}}
+{{- if eq $other $name -}}
+{{- fail (printf "cdc-cache.inject: the pod already has a container named %s; give each copy of the chart its own instanceName" $name) -}}
+{{- end -}}
+{{- range (.ports | default list) -}}
+{{- if or (eq (int64 .containerPort) $adminPort) (eq (toString (.name | default "")) $adminPortName) -}}
+{{- fail (printf "admin.port: container %s already uses port %d or the name %s; give each copy of the chart its own admin.port (and instanceName)" $other $adminPort $adminPortName) -}}
+{{- end -}}
+{{- end -}}
+{{- range (.env | default list) -}}
+{{- if and (eq .name "CDC_CACHE_GRPC_LISTEN") (eq (toString .value) $grpc) -}}
+{{- fail (printf "grpcListen: container %s already listens on %s; give each copy of the chart its own address" $other $grpc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Placement. */ -}}
+{{- if $v.nativeSidecar -}}
+{{- if eq $v.inject.initContainerPosition "first" -}}
+{{- $inits = prepend $inits $sidecar -}}
+{{- else -}}
+{{- $inits = append $inits $sidecar -}}
+{{- end -}}
+{{- $_ = set $spec "initContainers" $inits -}}
+{{- else -}}
+{{- $placed := list -}}
+{{- $done := false -}}
+{{- range $containers -}}
+{{- if and (not $done) (has .name $apps) -}}
+{{- $placed = append $placed $sidecar -}}
+{{- $done = true -}}
+{{- end -}}
+{{- $placed = append $placed . -}}
+{{- end -}}
+{{- $containers = $placed -}}
+{{- end -}}
+{{- $_ = set $spec "containers" $containers -}}
+
+{{- /* The app containers: the address, and the socket directory in unix mode. */ -}}
+{{- $envName := include "cdc-cache.appEnvName" $ctx -}}
+{{- $socketDir := include "cdc-cache.socketDir" $ctx -}}
+{{- range $containers -}}
+{{- if has .name $apps -}}
+{{- $app := . -}}
+{{- $env := .env | default list -}}
+{{- $hasEnv := false -}}
+{{- range $env }}{{ if eq .name $envName }}{{ $hasEnv = true }}{{ end }}{{ end -}}
+{{- if not $hasEnv -}}
+{{- $env = append $env (dict "name" $envName "value" $grpc) -}}
+{{- end -}}
+{{- $_ := set $app "env" $env -}}
+{{- if $socketDir -}}
+{{- $mounts := .volumeMounts | default list -}}
+{{- range $mounts -}}
+{{- if eq (clean .mountPath) $socketDir -}}
+{{- fail (printf "cdc-cache.inject: container %s already mounts %s, the cache's socket directory" $app.name $socketDir) -}}
+{{- end -}}
+{{- end -}}
+{{- $mounts = append $mounts (dict "name" (printf "%s-socket" $name) "mountPath" $socketDir) -}}
+{{- $_ := set $app "volumeMounts" $mounts -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Volumes. */ -}}
+{{- $volumes := $spec.volumes | default list -}}
+{{- with include "cdc-cache.volumes" $ctx | fromYamlArray -}}
+{{- range . -}}
+{{- $new := .name -}}
+{{- range $volumes -}}
+{{- if eq .name $new -}}
+{{- fail (printf "cdc-cache.inject: the pod already has a volume named %s; rename it, or give this copy of the chart another instanceName" $new) -}}
+{{- end -}}
+{{- end -}}
+{{- $volumes = append $volumes . -}}
+{{- end -}}
+{{- $_ = set $spec "volumes" $volumes -}}
+{{- end -}}
+
+{{- /* Pod settings. */ -}}
+{{- if $socketDir -}}
+{{- $psc := $spec.securityContext | default dict -}}
+{{- if and (not (hasKey $psc "fsGroup")) (not (kindIs "invalid" $v.grpcSocket.fsGroup)) -}}
+{{- $_ = set $psc "fsGroup" (int64 $v.grpcSocket.fsGroup) -}}
+{{- end -}}
+{{- $_ = set $spec "securityContext" $psc -}}
+{{- end -}}
+{{- if kindIs "invalid" $spec.terminationGracePeriodSeconds -}}
+{{- $_ = set $spec "terminationGracePeriodSeconds" (int64 $v.terminationGracePeriodSeconds) -}}
+{{- end -}}
+{{- $needMs := include "cdc-cache.shutdownNeedMs" $ctx | atoi -}}
+{{- if lt (mul (int64 $spec.terminationGracePeriodSeconds) 1000) $needMs -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is shorter than the sidecar needs to stop: %s%s + 12 s (consumers and admin port) = %.1f s, plus the app's own drain" (int64 $spec.terminationGracePeriodSeconds) (ternary "" (printf "shutdownDelay %s + " $v.shutdownDelay) $v.nativeSidecar) (printf "shutdownGrace %s" $v.shutdownGrace) (divf $needMs 1000)) -}}
+{{- end -}}
+{{- if not (hasKey $spec "enableServiceLinks") -}}
+{{- /* Service links could add CDC_CACHE_KAFKA_* variables, read by the sidecar as librdkafka options. */ -}}
+{{- $_ = set $spec "enableServiceLinks" false -}}
+{{- end -}}
+
+{{- /* Labels and annotations. */ -}}
+{{- $_ = set $labels (include "cdc-cache.podLabelKey" $ctx) $ctx.Release.Name -}}
+{{- if not (hasKey $annotations "kubectl.kubernetes.io/default-container") -}}
+{{- $_ = set $annotations "kubectl.kubernetes.io/default-container" (first $apps) -}}
+{{- end -}}
+{{- range $key, $value := include "cdc-cache.meshAnnotations" $ctx | fromYaml -}}
+{{- $merged := list -}}
+{{- range splitList "," (toString (get $annotations $key)) }}{{ with trim . }}{{ $merged = append $merged . }}{{ end }}{{ end -}}
+{{- range splitList "," $value }}{{ $merged = append $merged . }}{{ end -}}
+{{- $_ := set $annotations $key (join "," (uniq $merged)) -}}
+{{- end -}}
+{{- $_ = set $meta "annotations" $annotations -}}
+{{- toYaml $pod -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+Monitoring: narrowing PromQL to one release
+------------------------------------------------------------------------------------------- */}}
+
+{{/*
+Adds a label matcher to every cdc_cache_* and process_* selector of a PromQL expression:
+dict "expr" <PromQL> "matcher" <label="value">.
+*/}}
+{{- define "cdc-cache.scopeExpr" -}}
+{{- $expr := regexReplaceAll `\b((?:cdc_cache|process)_[a-z_]+)\{` .expr (printf "${1}{%s, " .matcher) -}}
+{{- regexReplaceAll `\b((?:cdc_cache|process)_[a-z_]+)([^a-z_{(]|$)` $expr (printf "${1}{%s}${2}" .matcher) -}}
+{{- end -}}
+
+{{/* Scopes every query of dashboard panels, rows included (in place): dict "panels" <list> "matcher" <m>. */}}
+{{- define "cdc-cache.scopePanels" -}}
+{{- $matcher := .matcher -}}
+{{- range .panels -}}
+{{- range (.targets | default list) -}}
+{{- if .expr -}}
+{{- $_ := set . "expr" (include "cdc-cache.scopeExpr" (dict "expr" .expr "matcher" $matcher)) -}}
+{{- end -}}
+{{- end -}}
+{{- include "cdc-cache.scopePanels" (dict "panels" (.panels | default list) "matcher" $matcher) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Release-scoped monitoring reads the series of this release's PodMonitor; refuses it without one.
+Context: dict "Values" "Release" "what" (prometheusRule or dashboard).
+*/}}
+{{- define "cdc-cache.requirePodMonitor" -}}
+{{- if not .Values.monitoring.podMonitor.enabled -}}
+{{- fail (printf "monitoring.%s.scope release: the release-scoped rules and dashboard select the series of this release's PodMonitor (job=%s); enable monitoring.podMonitor, or use scope: cluster" .what (include "cdc-cache.monitorJob" .)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The standalone pod's ServiceAccount. */}}
