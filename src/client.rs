@@ -256,7 +256,7 @@ fn render_status(status: &StatusResponse) -> String {
     );
     for t in &status.tables {
         out.push_str(&format!(
-            "\ntable {} (topic {}, {}): ready={} entries={} data={}B skipped={} broker_silence={} bootstrap={}\n",
+            "\ntable {} (topic {}, {}): ready={} entries={} data={}B skipped={} key_conflicts={} broker_silence={} bootstrap={}\n",
             t.table,
             t.topic,
             t.format,
@@ -264,12 +264,24 @@ fn render_status(status: &StatusResponse) -> String {
             t.entries,
             t.data_bytes,
             t.skipped_records,
+            t.key_conflicts,
             seconds(t.broker_silence_ms),
             seconds(t.bootstrap_duration_ms),
         ));
+        if !t.problem.is_empty() {
+            out.push_str(&format!("  problem: {}\n", t.problem));
+        }
         out.push_str(&format!(
-            "  {:>9} {:>12} {:>12} {:>14} {:>10} {:>9} {:>12}\n",
-            "partition", "position", "end_offset", "high_watermark", "lag", "caught_up", "last_record"
+            "  {:>9} {:>12} {:>12} {:>14} {:>10} {:>9} {:>10} {:>6} {:>12}\n",
+            "partition",
+            "position",
+            "end_offset",
+            "high_watermark",
+            "lag",
+            "caught_up",
+            "rebuilding",
+            "resets",
+            "last_record"
         ));
         for p in &t.partitions {
             let age = if p.last_record_timestamp_ms > 0 {
@@ -278,13 +290,15 @@ fn render_status(status: &StatusResponse) -> String {
                 "-".into()
             };
             out.push_str(&format!(
-                "  {:>9} {:>12} {:>12} {:>14} {:>10} {:>9} {:>12}\n",
+                "  {:>9} {:>12} {:>12} {:>14} {:>10} {:>9} {:>10} {:>6} {:>12}\n",
                 p.partition,
                 p.position,
                 p.end_offset,
                 p.high_watermark,
                 p.lag,
                 yes_no(p.caught_up),
+                yes_no(p.rebuilding),
+                p.resets,
                 age
             ));
         }

@@ -12,7 +12,10 @@ use tracing::error;
 use crate::resources::resident_memory_bytes;
 use crate::store::Store;
 
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Often enough that a fast bootstrap (hundreds of MB/s from a nearby broker) cannot overshoot
+/// the margin between the ratio and the limit between two checks; one check reads
+/// /proc/self/stat and costs microseconds.
+const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The resident memory at which loading stops: `ratio` of `limit`; None when either is unset.
 pub fn threshold(limit: Option<u64>, ratio: f64) -> Option<u64> {
@@ -20,7 +23,7 @@ pub fn threshold(limit: Option<u64>, ratio: f64) -> Option<u64> {
     (ratio > 0.0).then_some((limit as f64 * ratio) as u64)
 }
 
-/// Checks resident memory every second until `stopping`; past `threshold`, stops every table's
+/// Checks resident memory every [`CHECK_INTERVAL`] until `stopping`; past `threshold`, stops every table's
 /// loading with a message naming the largest table, and returns.
 pub async fn run(store: Arc<Store>, limit: u64, threshold: u64, stopping: CancellationToken) {
     let mut interval = tokio::time::interval(CHECK_INTERVAL);

@@ -433,7 +433,7 @@ fn describe(recorder: &PrometheusRecorder) {
     gauge(
         BROKER_SILENCE_SECONDS,
         Some(Unit::Seconds),
-        "Seconds since the table's consumer last heard from a broker.",
+        "Seconds since the table's last fetch progress (a record, an end of partition, or a broker up while no fetch error is outstanding).",
     );
     gauge(
         START_TIME_SECONDS,

@@ -118,9 +118,13 @@ async fn a_truncated_log_is_read_again_and_old_rows_go() {
     assert_eq!(truth.get(&b"k20"[..]).map(Vec::as_slice), Some(&b"v1-20"[..]));
     wait_cache_is(&client, "", &truth, RESET_TIMEOUT).await;
     assert_eq!(resets(&sidecar, "log_truncated").await, 1.0, "{}", sidecar.log());
-    let status = status(&mut client).await;
-    let p = &status.tables[0].partitions[0];
-    assert_eq!((p.resets, p.rebuilding), (1, false), "{p:?}");
+    // The rebuild ends at the partition's next end-of-partition event.
+    let p = eventually(Duration::from_secs(10), "the rebuild to end", || {
+        let mut client = client.clone();
+        async move { Some(status(&mut client).await.tables[0].partitions[0]).filter(|p| !p.rebuilding) }
+    })
+    .await;
+    assert_eq!((p.resets, p.caught_up), (1, true), "{p:?}");
     assert!(
         sidecar.log().contains("the partition's log was reset"),
         "{}",
@@ -214,6 +218,16 @@ async fn a_deleted_topic_keeps_the_sidecar_up_and_a_recreated_one_is_read_anew()
     )
     .await;
     assert!(problem.contains("recreated"), "{problem}");
+    // The connection to the broker is fine; fetching is not: staleness must show.
+    eventually(
+        Duration::from_secs(30),
+        "broker silence to grow while the topic is gone",
+        || {
+            let mut client = client.clone();
+            async move { (status(&mut client).await.tables[0].broker_silence_ms > 5_000).then_some(()) }
+        },
+    )
+    .await;
     assert!(
         sidecar.is_running(),
         "the sidecar survived the deletion: {}",

@@ -192,7 +192,16 @@ async fn bad_requests_get_clear_statuses() {
     produce(&brokers, "b", &[upsert(b"big", &big)]);
     let app = TestApp::start(
         &brokers,
-        &["--topic", "a", "--topic", "b=beta", "--max-multiget-keys", "3"],
+        &[
+            "--topic",
+            "a",
+            "--topic",
+            "b=beta",
+            "--max-multiget-keys",
+            "3",
+            "--grpc-max-message-bytes",
+            "12582912",
+        ],
     )
     .await;
     let mut client = app.client().await;
@@ -233,6 +242,23 @@ async fn bad_requests_get_clear_statuses() {
         .await
         .expect("big value present");
     assert_eq!(found.len(), big.len());
+    // Three 5 MiB values do not fit in a 12 MiB response: refused before it is built.
+    let error = multi_get(&mut client, "beta", &[b"big", b"big", b"big"])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert!(
+        error.message().contains("--grpc-max-message-bytes") && error.message().contains("after 2 keys"),
+        "{}",
+        error.message()
+    );
+    assert_eq!(
+        multi_get(&mut client, "beta", &[b"big", b"big"])
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     let (_, metrics) = http_get(app.admin, "/metrics").await;
     assert!(
@@ -283,7 +309,9 @@ async fn log_ending_in_transaction_markers_becomes_ready() {
         Some(&b"yes"[..])
     );
     // Whether the aborted record is hidden is up to the broker: librdkafka's mock does not report
-    // aborted transactions in fetch responses, so read_committed filtering is not checked here.
+    // aborted transactions in fetch responses, so read_committed filtering is checked by
+    // tests/tansu.rs `aborted_transactions_never_reach_the_cache` against a real Kafka
+    // (CDC_CACHE_TEST_BROKERS).
     for p in &status.tables[0].partitions {
         assert_eq!(
             p.position, p.end_offset,
@@ -392,4 +420,205 @@ async fn on_decode_error_fail_stops_with_the_offending_position() {
         .to_string();
     assert!(error.contains("topic dbz partition 0 at offset 1"), "{error}");
     assert!(error.contains("--on-decode-error=fail"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_keys_of_the_wrong_shape_are_refused_naming_the_expected_one() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("dbz.customers", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(
+        &brokers,
+        "dbz.customers",
+        &[upsert(
+            br#"{"id":42}"#,
+            br#"{"before":null,"after":{"id":42,"name":"Ann"},"op":"c"}"#,
+        )],
+    );
+    let app = TestApp::start(&brokers, &["--topic", "dbz.customers=customers:debezium"]).await;
+    let mut client = app.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+
+    assert!(value(&mut client, "", br#"{ "id": 42 }"#).await.is_some());
+    // Right shape, absent row: a plain miss.
+    assert_eq!(value(&mut client, "", br#"{"id":7}"#).await, None);
+    // A string where the table's keys hold numbers: not a miss but a mistake, said so.
+    let error = get(&mut client, "", br#"{"id":"42"}"#).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains(r#"{"id": string}"#) && error.message().contains(r#"{"id": number}"#),
+        "{}",
+        error.message()
+    );
+    let error = multi_get(&mut client, "", &[br#"{"id":42}"#, br#"{"customer_id":42}"#])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().starts_with("key 1:"), "{}", error.message());
+    app.stop().await.expect("clean shutdown");
+}
+
+/// The services a reflection client of one protocol version lists; the two versions' generated
+/// types differ only in their module, hence a macro.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let answer = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{}: {answer:?}", stringify!($version));
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_v1_and_v1alpha_clients() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 1, 1).unwrap();
+    let app = TestApp::start(&cluster.bootstrap_servers(), &["--topic", "t"]).await;
+    let channel = cdc_cache::client::channel(&app.grpc).await.unwrap();
+    // v1 for current clients, v1alpha for grpcio-reflection, older grpcurl and GUI clients.
+    for names in [
+        reflected_services!(v1, channel.clone()),
+        reflected_services!(v1alpha, channel.clone()),
+    ] {
+        assert!(names.contains(&"cdc_cache.v1.Cache".to_string()), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    }
+    app.stop().await.expect("clean shutdown");
+}
+
+/// `cdc-cache get` for scripts: binary keys in hex or base64, one JSON object per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_command_takes_binary_keys_and_prints_json() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("bin", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(
+        &brokers,
+        "bin",
+        &[upsert(&[0x00, 0xff], b"text"), upsert(b"k", &[0xc3, 0x28])],
+    );
+    let app = TestApp::start(&brokers, &["--topic", "bin"]).await;
+    let mut client = app.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
+            .arg("get")
+            .args(["--addr", &app.grpc])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(vec!["--key-format".into(), "hex".into(), "00ff".into()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"text\n");
+
+    let out = run(vec![
+        "--key-format".into(),
+        "base64".into(),
+        "--output".into(),
+        "json".into(),
+        "AP8=".into(),
+        "aw==".into(),
+        "bm9wZQ==".into(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a missing key makes the exit code 1");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["found"], true);
+    assert_eq!(lines[0]["value"], "text");
+    assert_eq!(lines[0]["partition"], 0);
+    assert_eq!(lines[0]["offset"], 0);
+    assert_eq!(
+        lines[1]["value_base64"], "wyg=",
+        "a value that is not UTF-8 comes as base64"
+    );
+    assert_eq!(lines[2], serde_json::json!({"key": "bm9wZQ==", "found": false}));
+
+    let out = run(vec!["--key-format".into(), "hex".into(), "0g".into()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("key \"0g\"") && stderr.contains("--key-format"),
+        "{stderr}"
+    );
+    app.stop().await.expect("clean shutdown");
+}
+
+/// Past --memory-limit-ratio of the memory limit the sidecar stops loading and says so, instead
+/// of growing until the kernel kills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_stops_short_of_the_memory_limit() {
+    let cluster = MockCluster::new(1).unwrap();
+    // The mock keeps at most 5 MB per partition: spread the data.
+    cluster.create_topic("big", 24, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let value = vec![b'v'; 4096];
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
+    produce(
+        &brokers,
+        "big",
+        &keys
+            .iter()
+            .map(|k| upsert(k.as_bytes(), &value))
+            .collect::<Vec<_>>(),
+    );
+    // 80 MB of values against a 48 MiB limit.
+    let sidecar = Sidecar::spawn(&brokers, &["--topic", "big", "--memory-limit", "48Mi"]);
+    let client = sidecar.client().await;
+    let status = eventually(Duration::from_secs(60), "loading to stop", || {
+        let mut client = client.clone();
+        async move {
+            let status = status(&mut client).await;
+            status.tables[0]
+                .problem
+                .contains("loading stopped")
+                .then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status.memory_limit_bytes, 48 << 20);
+    assert!(status.tables[0].entries < 20_000, "{:?}", status.tables[0]);
+    let problem = &status.tables[0].problem;
+    assert!(
+        problem.contains("table big") && problem.contains("raise"),
+        "{problem}"
+    );
+    assert_eq!(health(&sidecar.grpc, "").await, ServingStatus::NotServing);
+    let (code, body) = http_get(sidecar.admin, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("loading stopped"), "{body}");
+    let (_, scrape) = http_get(sidecar.admin, "/metrics").await;
+    assert!(scrape.contains("cdc_cache_loading_stopped 1"), "{scrape}");
+    assert!(
+        scrape.contains(&format!("cdc_cache_memory_limit_bytes {}", 48 << 20)),
+        "{scrape}"
+    );
+    assert!(sidecar.log().contains("loading stopped"), "{}", sidecar.log());
 }

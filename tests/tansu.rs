@@ -284,7 +284,7 @@ async fn sigterm_during_load_drains_and_exits_zero() {
             "--shutdown-grace",
             "5s",
             "--shutdown-delay",
-            "1s",
+            "3s",
         ],
     );
     let mut client = sidecar.client().await;
@@ -340,6 +340,12 @@ async fn sigterm_during_load_drains_and_exits_zero() {
             (code == 503).then_some(())
         },
     )
+    .await;
+    let answered = served.clone();
+    eventually(Duration::from_secs(2), "calls answered during the delay", || {
+        let answered = answered.clone();
+        async move { (answered.load(Ordering::Relaxed) >= signalled + 20).then_some(()) }
+    })
     .await;
     let during_delay = served.load(Ordering::Relaxed) - signalled;
     assert!(
@@ -630,5 +636,68 @@ async fn partition_added_while_running_is_read_from_its_beginning() {
         sidecar.log().contains("new partitions found"),
         "{}",
         sidecar.log()
+    );
+}
+
+/// Records of an aborted transaction never reach the cache (read_committed). Needs a broker with
+/// transactions: librdkafka's mock does not report aborted transactions in fetch responses and
+/// Tansu 0.6 does not serve EndTxn, so this runs against CDC_CACHE_TEST_BROKERS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_transactions_never_reach_the_cache() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    if external_brokers().is_none() {
+        eprintln!("aborted_transactions_never_reach_the_cache: skipped without CDC_CACHE_TEST_BROKERS (no broker here serves transactions)");
+        return;
+    }
+    let tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "txn", 1, true).await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("transactional.id", "cdc-cache-aborts")
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send_all(
+        &producer,
+        "txn",
+        &[upsert(b"committed", b"yes"), upsert(b"both", b"committed")],
+    );
+    producer.commit_transaction(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send_all(
+        &producer,
+        "txn",
+        &[upsert(b"aborted", b"no"), upsert(b"both", b"aborted")],
+    );
+    producer.flush(timeout).unwrap();
+    producer.abort_transaction(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send_all(&producer, "txn", &[upsert(b"after", b"yes")]);
+    producer.commit_transaction(timeout).unwrap();
+
+    let sidecar = Sidecar::spawn(&brokers, &["--topic", "txn"]);
+    let mut client = sidecar.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    eventually(Duration::from_secs(20), "the record after the abort", || {
+        let mut client = client.clone();
+        async move { value(&mut client, "", b"after").await }
+    })
+    .await;
+    assert_eq!(
+        value(&mut client, "", b"committed").await.as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(
+        value(&mut client, "", b"aborted").await,
+        None,
+        "an aborted record is absent"
+    );
+    assert_eq!(
+        value(&mut client, "", b"both").await.as_deref(),
+        Some(&b"committed"[..]),
+        "an aborted overwrite does not replace the committed row"
     );
 }

@@ -223,8 +223,6 @@ impl Worker {
             "reading topic from the beginning"
         );
         self.assign(&ids)?;
-        // Empty topics are caught up before the first record.
-        self.on_partition_progress();
 
         let mut next_discovery = Instant::now() + self.discovery_interval;
         let mut next_log_check = Instant::now() + LOG_CHECK_INTERVAL;
@@ -406,35 +404,34 @@ impl Worker {
         if !partition.is_new(offset) {
             return Ok(()); // a redelivery (brokers and restarts do this): already applied or skipped
         }
-        self.watches
-            .entry(id)
-            .or_default()
-            .on_record(partition.position(), offset);
-        let caught_up = match decoded {
+        let position = partition.position();
+        if offset > position {
+            // A gap (compaction, or a broker that skipped to a new log start): log_check judges.
+            self.watches
+                .entry(id)
+                .or_default()
+                .on_record(position, offset, Instant::now());
+        }
+        match decoded {
             Ok(change) => {
                 if let Some(stale) = self.rebuilds.get_mut(&id) {
                     if let Some(key) = change.key() {
                         stale.remove(key);
                     }
                 }
-                let (applied, caught_up) = self.table.apply(&partition, offset, timestamp, change);
-                match applied {
+                match self.table.apply(&partition, offset, timestamp, change) {
                     Applied::Upserted => self.metrics.record_upserts(1),
                     Applied::Deleted => self.metrics.record_deletes(1),
                     Applied::Truncated => self.metrics.record_truncates(1),
                     Applied::Superseded => self.metrics.record_superseded(1),
                     Applied::Duplicate => {}
                 }
-                caught_up
             }
             Err(error) => {
                 self.reject(id, offset, error)?;
                 self.metrics.record_skipped(1);
-                self.table.skip(&partition, offset, timestamp)
+                self.table.skip(&partition, offset, timestamp);
             }
-        };
-        if caught_up {
-            self.partition_caught_up(id, offset + 1);
         }
         Ok(())
     }
@@ -539,6 +536,13 @@ impl Worker {
                     .or_default()
                     .on_out_of_range(position, bounds);
                 self.reset_partition(id, reset);
+            } else {
+                // Not this partition, or the log moved back in the meantime: the partition the
+                // broker refused stopped fetching (auto.offset.reset=error), so every partition in
+                // bounds resumes at its position.
+                let _ = self
+                    .consumer
+                    .seek(self.table.topic(), id, Offset::Offset(position), Duration::ZERO);
             }
         }
     }
@@ -599,9 +603,6 @@ impl Worker {
         if let Err(error) = result {
             warn!(table = self.table.name(), partition = id, %error, "cannot reassign the partition; retrying at the next discovery");
             self.unassigned.push(id);
-        }
-        if partition.is_caught_up() {
-            self.finish_rebuild(id);
         }
     }
 
@@ -723,6 +724,9 @@ impl Worker {
     fn topic_vanished(&mut self, problem: &MetadataProblem) {
         if !self.topic_missing {
             self.topic_missing = true;
+            // Nothing can be fetched now, whatever the connection says.
+            self.fetch_failing_since.get_or_insert_with(Instant::now);
+            self.table.set_fetch_failing(true);
             self.metrics
                 .record_kafka_error(RDKafkaErrorCode::UnknownTopicOrPartition);
             self.table.set_problem(Some(format!(
@@ -744,21 +748,43 @@ impl Worker {
         self.table.set_problem(None);
         let known: Vec<i32> = self.partitions.keys().copied().collect();
         for id in known {
-            let bounds = if ids.contains(&id) {
-                let (log_start, high_watermark) = self.watermarks(id).unwrap_or((0, 0));
-                LogBounds {
-                    log_start,
-                    high_watermark,
-                }
-            } else {
-                LogBounds {
-                    log_start: 0,
-                    high_watermark: 0,
-                }
+            if !ids.contains(&id) {
+                self.retire_partition(id);
+                continue;
+            }
+            let (log_start, high_watermark) = self.watermarks(id).unwrap_or((0, 0));
+            let bounds = LogBounds {
+                log_start,
+                high_watermark,
             };
             let reset = self.watches.entry(id).or_default().on_topic_recreated(bounds);
             self.reset_partition(id, reset);
         }
+    }
+
+    /// A partition the recreated topic no longer has: its rows go with it.
+    fn retire_partition(&mut self, id: i32) {
+        let keys = self.table.keys_of_partition(id);
+        let removed = keys
+            .iter()
+            .filter(|key| self.table.remove_from_partition(key, id))
+            .count();
+        self.metrics
+            .record_partition_reset(id, super::log_check::ResetReason::TopicRecreated);
+        let mut assignment = TopicPartitionList::new();
+        let _ = assignment.add_partition(self.table.topic(), id);
+        let _ = self.consumer.incremental_unassign(&assignment);
+        self.partitions.remove(&id);
+        self.watches.remove(&id);
+        self.rebuilds.remove(&id);
+        self.table.remove_partition(id);
+        warn!(
+            table = self.table.name(),
+            topic = self.table.topic(),
+            partition = id,
+            removed,
+            "the recreated topic has no such partition; its rows are removed"
+        );
     }
 
     /// Sleeps unless cancelled first; returns true when cancelled.
@@ -810,7 +836,9 @@ impl std::fmt::Display for MetadataProblem {
 }
 
 /// Errors that mean fetching this topic does not work, as opposed to a connection blip that
-/// librdkafka retries on its own.
+/// librdkafka retries on its own. Not GROUP_AUTHORIZATION_FAILED: librdkafka looks up the
+/// group's coordinator even for assign(), and a principal without Describe on the group still
+/// fetches.
 fn is_fetch_failure(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -819,7 +847,6 @@ fn is_fetch_failure(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::UnknownPartition
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
             | RDKafkaErrorCode::SaslAuthenticationFailed
             | RDKafkaErrorCode::Authentication
             | RDKafkaErrorCode::UnknownTopicId

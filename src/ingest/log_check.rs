@@ -64,17 +64,19 @@ pub struct Reset {
 /// One partition's evidence between checks.
 #[derive(Debug, Default)]
 pub struct LogWatch {
-    /// The latest jump in offsets: (the position before it, the offset of the record after it).
-    /// Compaction makes such gaps; a log start inside one means retention took the records.
-    last_gap: Option<(i64, i64)>,
+    /// The latest jump in offsets: (the position before it, the offset of the record after it,
+    /// when). Compaction makes such gaps; a log start inside a recent one means the broker
+    /// skipped to a new log start. An old gap tells nothing: the bounds reported since would
+    /// have shown the skip.
+    last_gap: Option<(i64, i64, Instant)>,
     above_high_watermark_since: Option<Instant>,
 }
 
 impl LogWatch {
     /// A record at `offset` was applied while the position was `position_before`.
-    pub fn on_record(&mut self, position_before: i64, offset: i64) {
+    pub fn on_record(&mut self, position_before: i64, offset: i64, now: Instant) {
         if offset > position_before {
-            self.last_gap = Some((position_before, offset));
+            self.last_gap = Some((position_before, offset, now));
         }
     }
 
@@ -84,8 +86,9 @@ impl LogWatch {
         if bounds.log_start >= 0 && position < bounds.log_start {
             return Some(self.reset(ResetReason::LogStartMoved, bounds.log_start));
         }
-        if let Some((before, after)) = self.last_gap {
-            if bounds.log_start > before && bounds.log_start <= after {
+        if let Some((before, after, at)) = self.last_gap {
+            let recent = now.duration_since(at) < TRUNCATION_GRACE;
+            if recent && bounds.log_start > before && bounds.log_start <= after {
                 // The first record after the gap sits at the new log start: the records between
                 // were removed by retention, not compaction, and may have held deletes.
                 return Some(self.reset(ResetReason::LogStartMoved, bounds.log_start));
@@ -142,9 +145,9 @@ mod tests {
         let mut watch = LogWatch::default();
         let now = Instant::now();
         // Compaction gaps with the log start behind them.
-        watch.on_record(0, 0);
-        watch.on_record(1, 7);
-        watch.on_record(8, 20);
+        watch.on_record(0, 0, now);
+        watch.on_record(1, 7, now);
+        watch.on_record(8, 20, now);
         assert_eq!(watch.check(21, bounds(0, 21), now), None);
         assert_eq!(
             watch.check(21, bounds(0, 500), now),
@@ -153,6 +156,9 @@ mod tests {
         );
         // A log start that moves but stays behind the position is retention doing its job.
         assert_eq!(watch.check(21, bounds(21, 21), now), None);
+        // Also when it lands in an old compaction gap.
+        let later = now + TRUNCATION_GRACE;
+        assert_eq!(watch.check(21, bounds(15, 21), later), None);
     }
 
     #[test]
@@ -172,7 +178,7 @@ mod tests {
         // A broker that answers a fetch below the log start with the records from the log start
         // (no out-of-range error): the position is past the start by the time the bounds arrive.
         let mut watch = LogWatch::default();
-        watch.on_record(10, 50);
+        watch.on_record(10, 50, Instant::now());
         let reset = watch.check(51, bounds(50, 90), Instant::now()).unwrap();
         assert_eq!(reset.reason, ResetReason::LogStartMoved);
         assert_eq!(reset.from, 50);

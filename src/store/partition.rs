@@ -1,5 +1,10 @@
 //! Per-partition progress: what has been applied, where the log ended at start-up, where it ends now.
 //!
+//! A partition has caught up once the consumer reached its end: an end-of-partition event, which
+//! librdkafka raises when a fetch leaves nothing more to read. The end offset asked for at start-up
+//! (ListOffsets) only feeds the progress report: some brokers under-report it (Tansu 0.6 on
+//! multi-partition topics), and readiness must not open on such a figure.
+//!
 //! Written only by the table's ingest thread, read by gRPC status calls and metrics, hence atomics
 //! rather than locks.
 
@@ -10,8 +15,8 @@ pub struct PartitionState {
     partition: i32,
     /// The log start offset when reading began; bounds the bootstrap progress report.
     log_start: i64,
-    /// The log end offset at start-up (or when a reset began): the partition has caught up once
-    /// `position` reaches it.
+    /// The log end offset at start-up (or when a reset began), as the broker reported it: the
+    /// bootstrap progress report counts towards it.
     end_offset: AtomicI64,
     /// Next offset to apply. Records below it are redeliveries and are ignored.
     position: AtomicI64,
@@ -43,7 +48,7 @@ impl PartitionState {
             rebuilding: AtomicBool::new(false),
             resets: AtomicU64::new(0),
             last_timestamp_ms: AtomicI64::new(0),
-            caught_up: AtomicBool::new(end_offset <= log_start),
+            caught_up: AtomicBool::new(false),
         }
     }
 
@@ -51,7 +56,9 @@ impl PartitionState {
     /// start-up. It is read from its beginning like any other, but it does not hold readiness
     /// back: the table already served a complete snapshot.
     pub fn already_caught_up(partition: i32) -> Self {
-        Self::new(partition, 0, 0)
+        let state = Self::new(partition, 0, 0);
+        state.caught_up.store(true, Ordering::Release);
+        state
     }
 
     pub fn partition(&self) -> i32 {
@@ -80,7 +87,7 @@ impl PartitionState {
     }
 
     /// Starts reading the partition again from `from` after its log was reset; it counts as
-    /// caught up again once the position reaches `end_offset`, the log's end now.
+    /// caught up again at its next end of partition. `end_offset` is the log's end now.
     pub fn begin_rebuild(&self, from: i64, end_offset: i64) {
         let from = from.max(0);
         let end_offset = end_offset.max(from);
@@ -89,7 +96,7 @@ impl PartitionState {
         self.end_offset.store(end_offset, Ordering::Release);
         self.position.store(from, Ordering::Release);
         self.high_watermark.store(end_offset, Ordering::Relaxed);
-        self.caught_up.store(end_offset <= from, Ordering::Release);
+        self.caught_up.store(false, Ordering::Release);
     }
 
     /// The rebuild is complete (the stale rows are gone).
@@ -123,25 +130,24 @@ impl PartitionState {
         offset >= self.position()
     }
 
-    /// Marks everything below `offset + 1` as applied. Returns true when this made the partition
-    /// catch up with its start-up end offset.
-    pub fn advance_past(&self, offset: i64, timestamp_ms: Option<i64>) -> bool {
+    /// Marks everything below `offset + 1` as applied.
+    pub fn advance_past(&self, offset: i64, timestamp_ms: Option<i64>) {
         if let Some(ts) = timestamp_ms {
             self.last_timestamp_ms.store(ts, Ordering::Relaxed);
         }
-        self.move_position_to(offset + 1)
+        self.move_position_to(offset + 1);
     }
 
     /// The consumer reached the end of the partition; `consumer_position` is where librdkafka
     /// says the next fetch starts (past transaction markers, which never reach the app).
     /// Returns true when this made the partition catch up.
     pub fn reached_end(&self, consumer_position: Option<i64>) -> bool {
-        let moved_to_end = consumer_position.is_some_and(|position| self.move_position_to(position));
-        // End of partition means every offset below the broker's end has been delivered, so the
-        // start-up end has been reached even if it was a control record we never saw.
+        if let Some(position) = consumer_position {
+            self.move_position_to(position);
+        }
+        // End of partition means every offset below the broker's end has been delivered.
         self.high_watermark.fetch_max(self.position(), Ordering::Relaxed);
-        let newly_caught_up = !self.caught_up.swap(true, Ordering::AcqRel);
-        moved_to_end || newly_caught_up
+        !self.caught_up.swap(true, Ordering::AcqRel)
     }
 
     pub fn observe_high_watermark(&self, high_watermark: i64) {
@@ -156,11 +162,10 @@ impl PartitionState {
         }
     }
 
-    fn move_position_to(&self, position: i64) -> bool {
+    fn move_position_to(&self, position: i64) {
         let previous = self.position.fetch_max(position, Ordering::AcqRel);
-        let position = previous.max(position);
-        self.high_watermark.fetch_max(position, Ordering::Relaxed);
-        position >= self.end_offset() && !self.caught_up.swap(true, Ordering::AcqRel)
+        self.high_watermark
+            .fetch_max(previous.max(position), Ordering::Relaxed);
     }
 }
 
@@ -169,25 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_partition_is_caught_up_from_the_start() {
-        assert!(PartitionState::new(0, 0, 0).is_caught_up());
-        // A compacted-away or deleted log: start == end above zero.
-        assert!(PartitionState::new(0, 500, 500).is_caught_up());
+    fn only_an_end_of_partition_catches_up() {
+        // Even an empty log waits for the consumer's word: the start-up end may be under-reported.
+        let empty = PartitionState::new(0, 0, 0);
+        assert!(!empty.is_caught_up());
+        assert!(empty.reached_end(Some(0)));
         assert!(PartitionState::already_caught_up(3).is_caught_up());
-    }
-
-    #[test]
-    fn catches_up_when_position_reaches_start_up_end() {
+        // A broker that reported 3 as the end of a log holding 5 records.
         let p = PartitionState::new(1, 0, 3);
-        assert!(!p.advance_past(0, Some(10)));
-        assert!(!p.advance_past(1, Some(11)));
-        assert!(
-            p.advance_past(2, Some(12)),
-            "offset 2 is the last record below end 3"
-        );
-        assert!(!p.advance_past(3, None), "reports catching up only once");
-        assert_eq!(p.position(), 4);
-        assert_eq!(p.last_timestamp_ms(), 12);
+        p.advance_past(0, Some(10));
+        p.advance_past(2, Some(12));
+        assert!(!p.is_caught_up(), "reaching the reported end is not enough");
+        p.advance_past(4, Some(14));
+        assert!(p.reached_end(Some(5)));
+        assert!(!p.reached_end(Some(5)), "reports catching up only once");
+        assert_eq!(p.position(), 5);
+        assert_eq!(p.last_timestamp_ms(), 14);
     }
 
     #[test]
@@ -196,17 +198,18 @@ mod tests {
         let p = PartitionState::new(0, 40, 100);
         assert_eq!(p.position(), 40);
         assert_eq!(p.lag(), 60);
-        assert!(!p.advance_past(40, None));
-        assert!(!p.advance_past(47, None));
-        assert!(p.advance_past(99, None));
+        p.advance_past(40, None);
+        p.advance_past(47, None);
+        p.advance_past(99, None);
         assert_eq!(p.lag(), 0);
+        assert!(p.reached_end(Some(100)));
     }
 
     #[test]
     fn log_ending_in_a_transaction_marker_catches_up_at_end_of_partition() {
         // Records 0..=8, commit marker at 9, end offset 10: the app never sees offset 9.
         let p = PartitionState::new(0, 0, 10);
-        assert!(!p.advance_past(8, None));
+        p.advance_past(8, None);
         assert!(!p.is_caught_up());
         assert!(p.reached_end(Some(10)));
         assert_eq!(p.position(), 10);
@@ -238,20 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_reads_again_from_the_new_start_and_catches_up_at_the_new_end() {
+    fn a_rebuild_reads_again_from_the_new_start_and_catches_up_at_the_next_end() {
         let p = PartitionState::new(0, 0, 10);
         p.advance_past(9, None);
-        assert!(p.is_caught_up());
+        assert!(p.reached_end(Some(10)));
         p.begin_rebuild(0, 4);
         assert!(p.is_rebuilding() && !p.is_caught_up());
         assert_eq!((p.position(), p.end_offset(), p.resets()), (0, 4, 1));
         assert!(p.is_new(0), "offsets of the new log are not redeliveries");
-        assert!(!p.advance_past(2, None));
-        assert!(p.advance_past(3, None));
+        p.advance_past(3, None);
+        assert!(p.reached_end(Some(4)));
         p.end_rebuild();
         assert!(!p.is_rebuilding());
-        // An empty new log is caught up at once.
-        p.begin_rebuild(7, 7);
-        assert!(p.is_caught_up());
     }
 }

@@ -259,6 +259,14 @@ impl Table {
         Some(state)
     }
 
+    /// Forgets a partition the topic no longer has (its rows are removed by the caller).
+    pub fn remove_partition(&self, partition: i32) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition);
+    }
+
     pub fn partition(&self, partition: i32) -> Option<Arc<PartitionState>> {
         self.partitions
             .read()
@@ -284,16 +292,16 @@ impl Table {
     /// sends a row elsewhere once its key's bytes change, and compaction never removes the old
     /// copy) is replaced or deleted only by a newer record by [`newer`]'s rule, so the row that
     /// wins does not depend on the order partitions are replayed in.
-    /// Returns what happened and whether the partition caught up with its start-up end.
+    /// Returns what happened.
     pub fn apply(
         &self,
         partition: &PartitionState,
         offset: i64,
         timestamp_ms: Option<i64>,
         change: Change,
-    ) -> (Applied, bool) {
+    ) -> Applied {
         if !partition.is_new(offset) {
-            return (Applied::Duplicate, false);
+            return Applied::Duplicate;
         }
         let applied = match change {
             Change::Upsert { key, value } => {
@@ -310,7 +318,8 @@ impl Table {
                         if held.partition != incoming.1 {
                             self.key_conflicts.fetch_add(1, Ordering::Relaxed);
                             if newer((held.timestamp_ms, held.partition), incoming) {
-                                return (Applied::Superseded, partition.advance_past(offset, timestamp_ms));
+                                partition.advance_past(offset, timestamp_ms);
+                                return Applied::Superseded;
                             }
                         }
                         let removed = entry.replace_entry(()).0.data_len();
@@ -325,7 +334,8 @@ impl Table {
                         if deleted_later {
                             self.key_conflicts.fetch_add(1, Ordering::Relaxed);
                             drop(entry);
-                            return (Applied::Superseded, partition.advance_past(offset, timestamp_ms));
+                            partition.advance_past(offset, timestamp_ms);
+                            return Applied::Superseded;
                         }
                         entry.insert(());
                         self.data_bytes.fetch_add(added, Ordering::Relaxed);
@@ -373,18 +383,16 @@ impl Table {
                 Applied::Truncated
             }
         };
-        let caught_up = partition.advance_past(offset, timestamp_ms);
-        (applied, caught_up)
+        partition.advance_past(offset, timestamp_ms);
+        applied
     }
 
     /// Moves past a record that could not be applied (undecodable, no key), counting it.
-    /// Returns whether the partition caught up.
-    pub fn skip(&self, partition: &PartitionState, offset: i64, timestamp_ms: Option<i64>) -> bool {
-        if !partition.is_new(offset) {
-            return false;
+    pub fn skip(&self, partition: &PartitionState, offset: i64, timestamp_ms: Option<i64>) {
+        if partition.is_new(offset) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            partition.advance_past(offset, timestamp_ms);
         }
-        self.skipped.fetch_add(1, Ordering::Relaxed);
-        partition.advance_past(offset, timestamp_ms)
     }
 
     /// The keys held from `partition`, for a rebuild to remove those the partition's new log

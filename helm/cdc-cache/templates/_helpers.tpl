@@ -257,7 +257,7 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
   "enable.partition.eof" "readiness depends on end-of-partition events"
   "enable.auto.commit" "the log is the state; cdc-cache never commits offsets"
   "enable.auto.offset.store" "the log is the state; cdc-cache never commits offsets"
-  "auto.offset.reset" "every partition is read from its beginning"
+  "auto.offset.reset" "cdc-cache sets it to error: a position outside the log means the log was reset, and the partition is rebuilt instead of skipped"
   "isolation.level" "aborted transactions must never reach the cache"
   "queued.max.messages.kbytes" "use kafka.prefetchKbytes, which the memory formula counts"
   "options" "not a librdkafka property (CDC_CACHE_KAFKA_OPTIONS is the comma-separated list)" -}}
