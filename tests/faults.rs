@@ -1,5 +1,5 @@
-//! The fault suite: logs that do something other than grow at their end, on a Tansu broker with
-//! the real binary. After each fault the cache must equal what a cold start would build from the
+//! The fault suite: logs that do something other than grow at their end, and a broker killed
+//! under write load, on a Tansu broker with the real binary. After each fault the cache must equal what a cold start would build from the
 //! topic as it is now (read by a bare consumer), never an old row.
 //!
 //! Tansu's sqlite store is edited with the broker stopped to truncate a log or move its start,
@@ -362,4 +362,71 @@ async fn a_key_in_two_partitions_keeps_its_newest_row_on_every_replay() {
         assert_eq!(status.tables[0].entries, 240, "run {run}");
         assert!(status.tables[0].key_conflicts >= 300, "run {run}: {status:?}");
     }
+}
+
+/// The broker killed (SIGKILL) while a producer keeps writing: once it is back and the writes
+/// are done, the cache holds exactly what a cold start would read from the topic, whatever was
+/// acknowledged, retried or lost around the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_under_write_load_loses_nothing() {
+    use rdkafka::producer::Producer;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    if needs_own_broker("broker_killed_under_write_load_loses_nothing") {
+        return;
+    }
+    let mut tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "busy", 3, true).await;
+    let sidecar = Sidecar::spawn(&brokers, &["--topic", "busy"]);
+    let mut client = sidecar.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (brokers, stop, sent) = (brokers.clone(), stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let producer = producer(&brokers);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("key-{}", i % 500);
+                let value = format!("value-{i}");
+                // Every seventh write deletes its key.
+                let record = if i % 7 == 0 {
+                    tombstone(key.as_bytes())
+                } else {
+                    upsert(key.as_bytes(), value.as_bytes())
+                };
+                send_all(&producer, "busy", &[record]);
+                sent.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = producer.flush(Duration::from_secs(60));
+        })
+    };
+    let progress = sent.clone();
+    eventually(Duration::from_secs(30), "writes before the kill", || {
+        let progress = progress.clone();
+        async move { (progress.load(Ordering::Relaxed) > 500).then_some(()) }
+    })
+    .await;
+    tansu.stop(); // SIGKILL
+    let before_restart = sent.load(Ordering::Relaxed);
+    tansu.restart().await;
+    let progress = sent.clone();
+    eventually(Duration::from_secs(60), "writes after the restart", || {
+        let progress = progress.clone();
+        async move { (progress.load(Ordering::Relaxed) > before_restart + 500).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .unwrap();
+
+    let truth = topic_contents(&brokers, "busy", 3);
+    assert!(!truth.is_empty());
+    wait_cache_is(&client, "", &truth, Duration::from_secs(60)).await;
 }
