@@ -393,7 +393,7 @@ async fn broker_killed_under_write_load_loses_nothing() {
                 let key = format!("key-{}", i % 500);
                 let value = format!("value-{i}");
                 // Every seventh write deletes its key.
-                let record = if i % 7 == 0 {
+                let record = if i.is_multiple_of(7) {
                     tombstone(key.as_bytes())
                 } else {
                     upsert(key.as_bytes(), value.as_bytes())
