@@ -84,9 +84,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         let (store, health, stopping) = (store.clone(), health.clone(), stopping.clone());
         let limit = memory_limit.unwrap_or_default();
         tokio::spawn(async move {
-            crate::memory_guard::run(store.clone(), limit, threshold, stopping.clone()).await;
-            if store.loading_stopped().is_some() && !stopping.is_cancelled() {
-                health.set(false).await;
+            crate::memory_guard::run(store.clone(), limit, threshold, stopping).await;
+            if store.loading_stopped().is_some() {
+                health.loading_stopped().await;
             }
         });
     }
@@ -98,9 +98,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
 
     stopping.cancel();
-    // Wait for the readiness announcement to settle, so SERVING cannot land after NOT_SERVING.
+    health.shutting_down().await;
     let _ = announce.await;
-    health.set(false).await;
     let mut grpc_result = grpc_early_exit;
     if grpc_result.is_none() && !config.shutdown_delay.is_zero() && !ingest_failed.is_cancelled() {
         info!(delay = ?config.shutdown_delay, "still answering while the app drains (--shutdown-delay)");
@@ -152,14 +151,12 @@ async fn announce_ready(store: Arc<Store>, health: Health, stopping: Cancellatio
         _ = store.ready().wait() => {}
         _ = stopping.cancelled() => return,
     }
-    if store.loading_stopped().is_some() {
-        return; // the memory guard said NOT_SERVING, and it stays so
-    }
-    health.set(true).await;
+    health.ready().await;
     let entries: usize = store.tables().iter().map(|t| t.len()).sum();
+    let serving = health.is_serving();
     info!(
         tables = store.tables().len(),
-        entries, "all tables caught up; serving"
+        entries, serving, "all tables caught up"
     );
 }
 

@@ -122,6 +122,8 @@ pub enum ConfigError {
     KafkaOptionSyntax { value: String },
     #[error("--kafka-option {key}: set by cdc-cache itself ({reason})")]
     KafkaOptionReserved { key: String, reason: &'static str },
+    #[error("--kafka-option {key}: {reason}")]
+    KafkaOptionValue { key: String, reason: &'static str },
     #[error("--client-id: empty")]
     ClientId,
     #[error("--max-multiget-keys: must be at least 1")]
@@ -317,9 +319,15 @@ fn kafka_options(
             })?;
         options.insert(key.trim().to_string(), value.to_string());
     }
-    for key in options.keys() {
+    for (key, value) in &options {
         if let Some(reason) = kafka_config::refusal(key) {
             return Err(ConfigError::KafkaOptionReserved {
+                key: key.clone(),
+                reason,
+            });
+        }
+        if let Some(reason) = kafka_config::bad_value(key, value) {
+            return Err(ConfigError::KafkaOptionValue {
                 key: key.clone(),
                 reason,
             });

@@ -43,6 +43,7 @@ pub mod memory_guard;
 pub mod metrics;
 pub mod resources;
 pub mod shutdown;
+pub mod snapshot;
 pub mod store;
 
 /// Generated gRPC types for `proto/cdc_cache/v1/cache.proto`.

@@ -38,7 +38,7 @@ impl KeyShape {
         ))
     }
 
-    /// Same test as `KeyShape::of(key) == self` without allocating: the ingest hot path.
+    /// Same test as `KeyShape::of(key) == self` without building a `KeyShape` (no boxed names).
     fn matches(&self, key: &[u8]) -> bool {
         let Ok(raw) = serde_json::from_slice::<&RawValue>(key) else {
             return false;

@@ -42,6 +42,8 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// How often positions are compared with the log bounds the broker reports.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon a discovery pass looks again at a topic that seemed gone.
+const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 /// While fetches fail, how often the partitions are sought to their positions again: a seek
 /// restarts fetching, and the end-of-partition event that follows a good fetch proves progress
 /// even on an idle topic.
@@ -134,6 +136,8 @@ pub fn start(
             rebuilds: HashMap::new(),
             unassigned: Vec::new(),
             topic_missing: false,
+            missing_sightings: 0,
+            next_discovery: Instant::now(),
             fetch_failing_since: None,
             paused: false,
             decode_log: RateLimit::new(LOG_INTERVAL),
@@ -198,8 +202,12 @@ struct Worker {
     rebuilds: HashMap<i32, HashSet<Box<[u8]>>>,
     /// Partitions found by discovery whose assignment failed; retried at the next discovery.
     unassigned: Vec<i32>,
-    /// The topic was missing from the broker's metadata at the last look.
+    /// The topic was missing from the broker's metadata at the last looks (confirmed).
     topic_missing: bool,
+    /// Discovery passes in a row that found the topic missing; one alone may be a blip.
+    missing_sightings: u32,
+    /// When the next discovery pass runs; errors that say the topic is gone bring it forward.
+    next_discovery: Instant,
     /// Fetches have been failing since then (cleared by the next record or end of partition).
     fetch_failing_since: Option<Instant>,
     /// Loading stopped (memory near the limit): partitions paused, nothing more is applied.
@@ -224,7 +232,7 @@ impl Worker {
         );
         self.assign(&ids)?;
 
-        let mut next_discovery = Instant::now() + self.discovery_interval;
+        self.next_discovery = Instant::now() + self.discovery_interval;
         let mut next_log_check = Instant::now() + LOG_CHECK_INTERVAL;
         let mut next_reseek = Instant::now() + RESEEK_INTERVAL;
         while !self.cancel.is_cancelled() {
@@ -260,9 +268,9 @@ impl Worker {
                 }
                 next_reseek = now + RESEEK_INTERVAL;
             }
-            if now >= next_discovery {
+            if now >= self.next_discovery {
+                self.next_discovery = Instant::now() + self.discovery_interval;
                 self.discover();
-                next_discovery = Instant::now() + self.discovery_interval;
             }
         }
         debug!(table = self.table.name(), "ingest stopped");
@@ -502,17 +510,34 @@ impl Worker {
             Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
                 self.check_out_of_range()
             }
-            Some(code) if is_fetch_failure(code) && self.fetch_failing_since.is_none() => {
-                self.fetch_failing_since = Some(Instant::now());
-                self.table.set_fetch_failing(true);
-                self.table.set_problem(Some(format!(
-                    "fetching topic {} fails: {} ({code})",
-                    self.table.topic(),
-                    code_name(code)
-                )));
+            // The topic may be gone: look now rather than at the next discovery interval.
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicId,
+            ) => {
+                self.next_discovery = self.next_discovery.min(Instant::now() + CONFIRM_INTERVAL);
+                self.note_fetch_failure(code.expect("matched"));
             }
+            Some(code) if is_fetch_failure(code) => self.note_fetch_failure(code),
             _ => {}
         }
+    }
+
+    /// Fetching fails although the connection may be up: statistics stop counting as progress,
+    /// Status says why, and the partitions are sought again every few seconds until a record or
+    /// an end of partition proves fetching works again.
+    fn note_fetch_failure(&mut self, code: RDKafkaErrorCode) {
+        if self.fetch_failing_since.is_some() {
+            return;
+        }
+        self.fetch_failing_since = Some(Instant::now());
+        self.table.set_fetch_failing(true);
+        self.table.set_problem(Some(format!(
+            "fetching topic {} fails: {} ({code})",
+            self.table.topic(),
+            code_name(code)
+        )));
     }
 
     fn check_out_of_range(&mut self) {
@@ -520,7 +545,12 @@ impl Worker {
             let (log_start, high_watermark) = match self.watermarks(id) {
                 Ok(bounds) => bounds,
                 Err(error) => {
-                    warn!(table = self.table.name(), partition = id, %error, "cannot read log bounds after an out-of-range fetch");
+                    warn!(table = self.table.name(), partition = id, %error, "cannot read log bounds after an out-of-range fetch; retrying");
+                    // The refused partition stopped fetching: the re-seek every few seconds
+                    // starts it again, and the next out-of-range answer brings us back here.
+                    if let Some(code) = error.rdkafka_error_code() {
+                        self.note_fetch_failure(code);
+                    }
                     continue;
                 }
             };
@@ -580,6 +610,16 @@ impl Worker {
             stale.extend(earlier);
         }
         self.metrics.record_partition_reset(id, reset.reason);
+        if self.table.key_conflicts() > 0 {
+            // Keys held from two partitions were resolved against records this rebuild cannot
+            // see again in order; a cold start resolves them exactly.
+            warn!(
+                table = self.table.name(),
+                partition = id,
+                key_conflicts = self.table.key_conflicts(),
+                "this table has keys in two partitions: after the rebuild such keys may differ from a cold start until the sidecar restarts"
+            );
+        }
         warn!(
             table = self.table.name(),
             topic = self.table.topic(),
@@ -679,7 +719,10 @@ impl Worker {
     /// that vanished is reported; one that came back was created again and is read anew.
     fn discover(&mut self) {
         let ids = match self.fetch_partition_ids() {
-            Ok(ids) => ids,
+            Ok(ids) => {
+                self.missing_sightings = 0;
+                ids
+            }
             Err(problem) => {
                 if problem.code == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
                     self.topic_vanished(&problem);
@@ -722,6 +765,12 @@ impl Worker {
     }
 
     fn topic_vanished(&mut self, problem: &MetadataProblem) {
+        self.missing_sightings += 1;
+        if self.missing_sightings < 2 {
+            // One answer may be a blip (a broker restarting): look again shortly.
+            self.next_discovery = Instant::now() + CONFIRM_INTERVAL;
+            return;
+        }
         if !self.topic_missing {
             self.topic_missing = true;
             // Nothing can be fetched now, whatever the connection says.

@@ -95,6 +95,18 @@ pub fn refusal(key: &str) -> Option<&'static str> {
         .map(|s| s.why)
 }
 
+/// Why a user's value for a tunable cdc-cache relies on is refused, if it is.
+pub fn bad_value(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        // Statistics carry the log bounds that reset detection and broker silence rely on.
+        "statistics.interval.ms" => match value.trim().parse::<u64>() {
+            Ok(ms) if (100..=2000).contains(&ms) => None,
+            _ => Some("must be 100 to 2000 (ms): log-reset detection and broker silence rely on statistics"),
+        },
+        _ => None,
+    }
+}
+
 /// True for librdkafka properties whose values must never be logged.
 pub fn is_secret_key(key: &str) -> bool {
     ["password", "secret", "jaas", "pem", "token", "key"]
@@ -143,6 +155,15 @@ mod tests {
         ] {
             assert_eq!(refusal(key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn statistics_must_stay_frequent() {
+        assert_eq!(bad_value("statistics.interval.ms", "500"), None);
+        assert!(bad_value("statistics.interval.ms", "0").is_some());
+        assert!(bad_value("statistics.interval.ms", "60000").is_some());
+        assert!(bad_value("statistics.interval.ms", "soon").is_some());
+        assert_eq!(bad_value("fetch.wait.max.ms", "0"), None);
     }
 
     #[test]

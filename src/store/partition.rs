@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 pub struct PartitionState {
     partition: i32,
     /// The log start offset when reading began; bounds the bootstrap progress report.
-    log_start: i64,
+    log_start: AtomicI64,
     /// The log end offset at start-up (or when a reset began), as the broker reported it: the
     /// bootstrap progress report counts towards it.
     end_offset: AtomicI64,
@@ -40,7 +40,7 @@ impl PartitionState {
         let end_offset = end_offset.max(log_start);
         Self {
             partition,
-            log_start,
+            log_start: AtomicI64::new(log_start),
             end_offset: AtomicI64::new(end_offset),
             position: AtomicI64::new(log_start),
             high_watermark: AtomicI64::new(end_offset),
@@ -66,7 +66,7 @@ impl PartitionState {
     }
 
     pub fn log_start(&self) -> i64 {
-        self.log_start
+        self.log_start.load(Ordering::Acquire)
     }
 
     pub fn end_offset(&self) -> i64 {
@@ -93,6 +93,10 @@ impl PartitionState {
         let end_offset = end_offset.max(from);
         self.resets.fetch_add(1, Ordering::Relaxed);
         self.rebuilding.store(true, Ordering::Release);
+        self.log_start.store(from, Ordering::Release);
+        // The old log's start, as statistics reported it, says nothing about the new log: it is
+        // unknown until the first fetch of the new assignment reports it.
+        self.reported_log_start.store(-1, Ordering::Relaxed);
         self.end_offset.store(end_offset, Ordering::Release);
         self.position.store(from, Ordering::Release);
         self.high_watermark.store(end_offset, Ordering::Relaxed);

@@ -305,9 +305,6 @@ impl Table {
         }
         let applied = match change {
             Change::Upsert { key, value } => {
-                if self.format == Format::Debezium {
-                    self.key_shapes.observe(&key);
-                }
                 let added = (key.len() + value.len()) as i64;
                 let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
                 let record = Record::new(&key, &value, incoming.1, offset, incoming.0);
@@ -339,6 +336,10 @@ impl Table {
                         }
                         entry.insert(());
                         self.data_bytes.fetch_add(added, Ordering::Relaxed);
+                        // Only a new key can bring a new shape; overwrites pay nothing.
+                        if self.format == Format::Debezium {
+                            self.key_shapes.observe(&key);
+                        }
                         Applied::Upserted
                     }
                 }
@@ -360,7 +361,7 @@ impl Table {
                     self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
                 }
                 if !self.is_ready() {
-                    self.bootstrap_deletes.insert(key.into_boxed_slice(), incoming);
+                    self.remember_delete(key.into_boxed_slice(), incoming);
                 }
                 if held_elsewhere_newer {
                     self.key_conflicts.fetch_add(1, Ordering::Relaxed);
@@ -371,15 +372,26 @@ impl Table {
             }
             Change::Truncate => {
                 let truncated = partition.partition();
+                let bootstrapping = !self.is_ready();
+                let incoming = (timestamp_ms.unwrap_or(-1), truncated);
                 let mut removed = 0;
+                let mut removed_keys = Vec::new();
                 self.entries.retain(|record, ()| {
                     let keep = record.origin().partition != truncated;
                     if !keep {
                         removed += record.data_len();
+                        if bootstrapping {
+                            removed_keys.push(Box::from(record.key()));
+                        }
                     }
                     keep
                 });
                 self.data_bytes.fetch_sub(removed, Ordering::Relaxed);
+                // As for a delete: an older copy of these keys from another partition, replayed
+                // later, must not come back.
+                for key in removed_keys {
+                    self.remember_delete(key, incoming);
+                }
                 Applied::Truncated
             }
         };
@@ -393,6 +405,19 @@ impl Table {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             partition.advance_past(offset, timestamp_ms);
         }
+    }
+
+    /// Remembers a delete seen during bootstrap, keeping the newest per key: the rule must not
+    /// depend on the order the partitions are replayed in.
+    fn remember_delete(&self, key: Box<[u8]>, delete: (i64, i32)) {
+        self.bootstrap_deletes
+            .entry(key)
+            .and_modify(|held| {
+                if newer(delete, *held) {
+                    *held = delete;
+                }
+            })
+            .or_insert(delete);
     }
 
     /// The keys held from `partition`, for a rebuild to remove those the partition's new log
@@ -502,7 +527,7 @@ impl Table {
             partitions_caught_up: 0,
         };
         for p in &partitions {
-            let span = p.end_offset() - p.log_start();
+            let span = (p.end_offset() - p.log_start()).max(0);
             progress.total += span;
             if p.is_caught_up() {
                 progress.partitions_caught_up += 1;
