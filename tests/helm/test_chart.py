@@ -25,6 +25,7 @@ KUBE_VERSION = "1.33.0"
 ADMIN_PORT = 9464
 ADMIN_PORT_NAME = "cdc-cache-admin"
 BUDGET = 10 * 180  # the default bootstrap budget: probes.startup periodSeconds x failureThreshold
+SHUTDOWN_DELAY = 15  # classic mode's default shutdownDelay, in seconds: a 10 s preStop + 5 s drain
 
 # Kinds kubernetes-validate has no schema for; their structure is asserted in the tests below.
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
@@ -199,7 +200,7 @@ def refuse(values_file):
     return run
 
 
-def validate(docs):
+def validate(docs, kube_version=KUBE_VERSION):
     import kubernetes_validate
 
     for doc in docs:
@@ -207,7 +208,7 @@ def validate(docs):
             check_crd(doc)
         else:
             # strict: unknown fields fail too (a misspelled probe field would otherwise vanish).
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(doc, kube_version, strict=True)
         for pod in pod_specs_in(doc):
             check_pod_names(pod)
 
@@ -419,7 +420,7 @@ def test_scenario_is_valid_and_hardened(render, name):
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
-    assert spec["terminationGracePeriodSeconds"] >= 5 + 10 + 12
+    assert spec["terminationGracePeriodSeconds"] >= SHUTDOWN_DELAY + 10 + 12
 
     # kubectl logs/exec default to the app, not to the sidecar.
     annotations = pod_template(docs)["metadata"]["annotations"]
@@ -428,7 +429,7 @@ def test_scenario_is_valid_and_hardened(render, name):
     # Rollouts wait for the bootstrap.
     deployment = one(docs, "Deployment")["spec"]
     assert deployment["progressDeadlineSeconds"] == BUDGET + 600
-    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
     # Every env var carries a literal value or a reference, never both; secrets only by reference.
     for item in container["env"]:
@@ -474,13 +475,16 @@ def test_classic_sidecar_comes_first_and_holds_the_app_until_ready(render):
 
 
 def test_classic_sidecar_keeps_answering_while_the_app_drains(render):
+    """The default delay outlasts a common app stop: a 10 s preStop sleep (endpoints update) + 5 s drain."""
     docs = render(merge(BASE, CLASSIC))
     container, _ = sidecar(docs)
-    assert env_of(container)["CDC_CACHE_SHUTDOWN_DELAY"] == "5s"
-    # The grace period covers the delay, the drain and the ~12 s of consumers and admin port.
-    assert pod_spec(docs)["terminationGracePeriodSeconds"] >= 5 + 10 + 12
-    docs = render(merge(BASE, CLASSIC, {"shutdownDelay": "15s", "terminationGracePeriodSeconds": 40}))
-    assert env_of(sidecar(docs)[0])["CDC_CACHE_SHUTDOWN_DELAY"] == "15s"
+    assert env_of(container)["CDC_CACHE_SHUTDOWN_DELAY"] == f"{SHUTDOWN_DELAY}s"
+    assert SHUTDOWN_DELAY >= 10 + 5
+    # The default grace period covers the delay, the drain and the ~12 s of consumers and admin port.
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 45 >= SHUTDOWN_DELAY + 10 + 12
+    # A longer app stop: the delay follows it, and the grace period must too (exactly enough here).
+    docs = render(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 52}))
+    assert env_of(sidecar(docs)[0])["CDC_CACHE_SHUTDOWN_DELAY"] == "30s"
 
 
 def test_classic_sidecar_without_hold_starts_with_the_app(render):
@@ -488,8 +492,9 @@ def test_classic_sidecar_without_hold_starts_with_the_app(render):
     assert "lifecycle" not in sidecar(docs)[0]
 
 
-@pytest.mark.parametrize("threshold, period", [(180, 10), (720, 10), (60, 30)])
-def test_deadlines_follow_the_bootstrap_budget(render, threshold, period):
+@pytest.mark.parametrize("threshold, period, window", [
+    (180, 10, "30m"), (720, 10, "120m"), (60, 30, "30m"), (45, 2, "90s")])
+def test_deadlines_follow_the_bootstrap_budget(render, threshold, period, window):
     budget = threshold * period
     values = merge(BASE, MONITORING, CLASSIC,
                    {"probes": {"startup": {"failureThreshold": threshold, "periodSeconds": period}}})
@@ -498,7 +503,11 @@ def test_deadlines_follow_the_bootstrap_budget(render, threshold, period):
     hook = sidecar(docs)[0]["lifecycle"]["postStart"]["exec"]["command"]
     assert hook[-2:] == ["--timeout", f"{budget}s"]
     rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
-    assert rules["CdcCacheNotReady"]["for"] == f"{budget}s"
+    # The alert looks back over the budget (its range and offset), then waits a short `for`.
+    not_ready = rules["CdcCacheNotReady"]
+    assert not_ready["for"] == "5m"
+    assert f"[{window}]" in not_ready["expr"] and f"offset {window}" in not_ready["expr"], not_ready["expr"]
+    assert "30m" not in not_ready["expr"] or window == "30m", not_ready["expr"]
     docs = render(merge(BASE, {"probes": {"startup": {"failureThreshold": threshold, "periodSeconds": period}}}))
     startup = sidecar(docs)[0]["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] == budget
@@ -511,15 +520,48 @@ def test_progress_deadline_can_be_set(render):
 
 def test_a_grace_period_shorter_than_the_shutdown_is_refused(refuse):
     stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 20}))
-    assert "terminationGracePeriodSeconds 20" in stderr and "shutdownDelay 5s" in stderr, stderr
+    assert "terminationGracePeriodSeconds 20" in stderr and "shutdownDelay 15s" in stderr, stderr
+    # 15 s + 10 s + 12 s = 37 s: one second less is refused.
+    stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 36}))
+    assert "terminationGracePeriodSeconds 36" in stderr and "37.0 s" in stderr, stderr
+    stderr = refuse(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 51}))
+    assert "shutdownDelay 30s" in stderr, stderr
     stderr = refuse(merge(BASE, {"shutdownGrace": "30s", "terminationGracePeriodSeconds": 30}))
     assert "terminationGracePeriodSeconds 30" in stderr and "shutdownGrace 30s" in stderr, stderr
 
 
-def test_old_kubernetes_is_refused_for_native_sidecars(refuse, values_file):
-    """Before 1.29 the API server drops restartPolicy and the sidecar would never end."""
-    stderr = refuse(BASE, kube_version="1.28.0")
-    assert "1.29" in stderr, stderr
+def test_chart_sets_no_kube_version_so_classic_mode_installs_anywhere():
+    """A Chart.yaml kubeVersion would refuse classic mode on 1.28 too; the templates refuse native only."""
+    assert "kubeVersion" not in yaml.safe_load((CHART / "Chart.yaml").read_text())
+
+
+@pytest.mark.parametrize("kube_version", ["1.28.0", "1.27.3", "1.28.5-eks-5e0fdde"])
+def test_old_kubernetes_is_refused_for_native_sidecars(refuse, kube_version):
+    """Before 1.29 the API server drops restartPolicy and the sidecar would block the pod forever."""
+    stderr = refuse(BASE, kube_version=kube_version)
+    assert f"nativeSidecar: Kubernetes v{kube_version} has no native sidecars (1.29 or later)" in stderr, stderr
+    assert "set nativeSidecar: false" in stderr, stderr
+
+
+@pytest.mark.parametrize("kube_version", ["1.29.0", "1.29.0-eks-5e0fdde", "1.33.0"])
+def test_native_sidecars_render_from_kubernetes_1_29(values_file, kube_version):
+    docs = load_all(template(CHART, values_file(BASE), kube_version=kube_version).stdout)
+    assert sidecar(docs)[0]["restartPolicy"] == "Always"
+
+
+def test_classic_mode_renders_on_kubernetes_1_28(values_file):
+    for values in (merge(BASE, CLASSIC), merge(BASE, CLASSIC, UNIX, TLS, MONITORING, {"networkPolicy": {"enabled": True}})):
+        docs = load_all(template(CHART, values_file(values), kube_version="1.28.0").stdout)
+        validate(docs, kube_version="1.28.0")
+        container, is_init = sidecar(docs)
+        assert not is_init and "restartPolicy" not in container
+
+
+def test_parent_chart_classic_mode_renders_on_kubernetes_1_28(example_chart, values_file):
+    values = values_file({"cdc-cache": {"nativeSidecar": False}})
+    docs = load_all(template(example_chart, values, kube_version="1.28.0").stdout)
+    validate(docs, kube_version="1.28.0")
+    assert [c["name"] for c in pod_spec(docs)["containers"]][0] == "cdc-cache"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,6 +847,42 @@ def test_standalone_disruption_budget_min_available_and_off(render):
     assert kinds(docs, "PodDisruptionBudget") == []
 
 
+def test_recreate_strategy_renders_without_rolling_update(render):
+    """values.yaml's default rollingUpdate merges into `type: Recreate`; the API server refuses both."""
+    docs = render(merge(BASE, {"standalone": {"strategy": {"type": "Recreate"}}}))
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # Kept, and typed, with RollingUpdate.
+    docs = render(merge(BASE, {"standalone": {"strategy": {"rollingUpdate": {"maxSurge": "50%"}}}}))
+    assert one(docs, "Deployment")["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}}
+
+
+def test_strategy_type_is_checked_by_the_schema(refuse):
+    stderr = refuse(merge(BASE, {"standalone": {"strategy": {"type": "Rolling"}}}))
+    assert "/standalone/strategy/type" in stderr, stderr
+
+
+def install_notes(values_path, *extra):
+    """The NOTES helm prints after an install (client-side dry run: no cluster)."""
+    out = helm("install", "r1", CHART, "--namespace", "shop", "--dry-run=client", "--values", values_path, *extra).stdout
+    return out[out.index("NOTES:"):]
+
+
+@pytest.mark.parametrize("standalone, waves", [
+    ({"replicas": 1}, 1),
+    ({"replicas": 4}, 4),  # maxSurge 1, maxUnavailable 0: one pod at a time
+    ({"replicas": 5, "strategy": {"rollingUpdate": {"maxSurge": 2}}}, 3),
+    ({"replicas": 8, "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}, 2),
+    ({"replicas": 4, "strategy": {"type": "Recreate"}}, 1),
+])
+def test_notes_give_a_helm_timeout_for_the_whole_rollout(values_file, standalone, waves):
+    notes = install_notes(values_file(merge(BASE, {"standalone": standalone})))
+    deadline = BUDGET + 600
+    assert f"progressDeadlineSeconds is {deadline}" in notes, notes
+    assert f"--timeout {deadline}s" in notes, notes  # install: every pod at once
+    assert f"in {waves} wave(s)" in notes and f"--timeout {waves * deadline}s ({waves} x {deadline} s)" in notes, notes
+
+
 def test_service_account_token_only_when_asked(render):
     docs = render(merge(BASE, {"serviceAccount": {"automountServiceAccountToken": True}}))
     assert pod_spec(docs)["automountServiceAccountToken"] is True
@@ -835,11 +913,30 @@ def test_admin_listens_dual_stack_by_default(render):
     assert container["readinessProbe"]["grpc"]["port"] == 9100
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.53", "[::1]"])
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.0.0.53", "127.255.255.254",
+    "[::1]", "[0:0:0:0:0:0:0:1]", "[0::1]", "[0000:0000::0001]", "[::0:1]",
+    "[::ffff:127.0.0.1]", "[::FFFF:127.1.2.3]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:7f00:0001]",
+    "[::127.0.0.1]",  # IPv4-compatible (deprecated), never reachable from kubelet either
+])
 def test_a_loopback_admin_address_is_refused(refuse, address):
-    """kubelet probes the pod IP: the pod would never become ready."""
+    """kubelet probes the pod IP: the pod would never become ready, whatever the spelling."""
     stderr = refuse(merge(BASE, {"admin": {"bindAddress": address}}))
     assert f"admin.bindAddress {address}" in stderr and "pod IP" in stderr, stderr
+
+
+@pytest.mark.parametrize("address", ["[1::2::3]", "[12345::1]", "[1:2:3:4:5:6:7:8:9]", "[1:2:3:4:5:6:7]",
+                                     "[1:2:3:4:5:6:7:8::]", "[::ffff:127.0.0.256]", "300.1.2.3"])
+def test_an_admin_address_that_is_no_ip_is_refused(refuse, address):
+    stderr = refuse(merge(BASE, {"admin": {"bindAddress": address}}))
+    assert f"admin.bindAddress {address}: not an IP address" in stderr, stderr
+
+
+@pytest.mark.parametrize("address", ["[::]", "[0:0:0:0:0:0:0:0]", "0.0.0.0", "10.1.2.3", "[fd00::1]",
+                                     "[2001:db8::7f00:1]", "[::ffff:10.0.0.1]", "[1:2:3:4:5:6::7]"])
+def test_unspecified_and_non_loopback_admin_addresses_are_accepted(render, address):
+    docs = render(merge(BASE, {"admin": {"bindAddress": address}}))
+    assert env_of(sidecar(docs)[0])["CDC_CACHE_ADMIN_LISTEN"] == f"{address}:{ADMIN_PORT}"
 
 
 def test_network_policy_allows_the_brokers_and_dns_for_the_pods_with_the_sidecar(render):
@@ -981,6 +1078,52 @@ def test_release_scoped_rules_select_only_this_release(render):
     assert one(docs, "PodMonitor")["metadata"]["name"] == "orders-cdc-cache"
 
 
+def test_release_scoped_not_ready_alert_fires_at_this_releases_budget(render, tmp_path):
+    """promtool runs the rendered rules: a 10-minute budget, this release's series only."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not on PATH; run scripts/test, which installs it")
+    docs = render(merge(BASE, MONITORING, {"probes": {"startup": {"failureThreshold": 60}}}), release="orders")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": one(docs, "PrometheusRule")["spec"]["groups"]}))
+    original = next(r for r in rules_file()["groups"][0]["rules"] if r["alert"] == "CdcCacheNotReady")
+
+    def expected(pod):
+        labels = {"namespace": "shop", "pod": pod, "container": "cdc-cache"}
+        annotations = {}
+        for key, text in original["annotations"].items():
+            for name, value in labels.items():
+                text = text.replace("{{ $labels.%s }}" % name, value)
+            annotations[key] = text
+        return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
+
+    def series(job, pod, values):
+        return {"series": f'cdc_cache_ready{{job="{job}",namespace="shop",pod="{pod}",container="cdc-cache"}}',
+                "values": values}
+
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            series("shop/orders-cdc-cache", "orders-0", "0x30"),                    # never ready
+            series("shop/orders-cdc-cache", "orders-1", "0x10 stale _ 0x20"),       # restarted at the budget
+            series("shop/orders-cdc-cache", "orders-2", "0x8 1x22"),                # ready within the budget
+            series("shop/orders-cdc-cache", "orders-3", "_x8 0x22"),                # 8 minutes younger
+            series("shop/payments-cdc-cache", "payments-0", "0x30"),                # another release's pod
+        ],
+        "alert_rule_test": [
+            {"eval_time": "14m", "alertname": "CdcCacheNotReady", "exp_alerts": []},
+            {"eval_time": "16m", "alertname": "CdcCacheNotReady",
+             "exp_alerts": [expected("orders-0"), expected("orders-1")]},
+            {"eval_time": "24m", "alertname": "CdcCacheNotReady",
+             "exp_alerts": [expected("orders-0"), expected("orders-1"), expected("orders-3")]},
+        ],
+    }]}
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_release_scoped_monitoring_needs_the_pod_monitor(refuse):
     stderr = refuse(merge(BASE, {"monitoring": {"prometheusRule": {"enabled": True}}}))
     assert "monitoring.prometheusRule.scope release" in stderr and "podMonitor" in stderr, stderr
@@ -1031,6 +1174,15 @@ def test_release_scoped_dashboards_never_share_a_file_uid_or_name(render):
         seen.append((config_map["metadata"]["name"], key, dashboard["uid"], dashboard["title"]))
     for a, b in zip(*seen):
         assert a != b, seen
+
+
+def test_release_scoped_dashboard_queries_differ_from_the_file_only_by_the_job(render):
+    docs = render(merge(BASE, MONITORING), release="orders")
+    [text] = one(docs, "ConfigMap")["data"].values()
+    job = 'job="shop/orders-cdc-cache"'
+    scoped = list(all_exprs(json.loads(text)))
+    for expr, original in zip(scoped, all_exprs(dashboard_file()), strict=True):
+        assert expr.replace(job + ", ", "").replace("{" + job + "}", "") == original
 
 
 def test_monitoring_only_release_installs_the_cluster_objects_once(render):
@@ -1266,9 +1418,10 @@ EXISTING_POD = {
 def parent(tmp_path, values_file):
     """Renders a parent chart written here; returns the parsed, validated documents."""
 
-    def run(values, deployment=ONE_COPY, aliases=("cdc-cache",), check=True, kube_version=KUBE_VERSION):
+    def run(values, deployment=ONE_COPY, aliases=("cdc-cache",), check=True, kube_version=KUBE_VERSION,
+            release="shop"):
         chart = parent_chart(tmp_path, deployment, values, aliases)
-        result = helm("template", "shop", chart, "--namespace", "shop", "--kube-version", kube_version,
+        result = helm("template", release, chart, "--namespace", "shop", "--kube-version", kube_version,
                       check=check)
         if not check:
             assert result.returncode != 0, f"accepted:\n{result.stdout[:2000]}"
@@ -1353,7 +1506,7 @@ kind: Deployment
 metadata:
   name: shop
 spec:
-  progressDeadlineSeconds: {{ max (include "cdc-cache.progressDeadlineSeconds" $orders | atoi) (include "cdc-cache.progressDeadlineSeconds" $prices | atoi) }}
+  progressDeadlineSeconds: {{ include "cdc-cache.progressDeadlineSeconds" (list $orders $prices) }}
   selector:
     matchLabels: {app: shop}
   template:
@@ -1410,8 +1563,8 @@ def test_two_copies_in_one_pod_keep_every_name_apart(parent, native):
     assert len({d["uid"] for d in dashboards}) == 2
     files = [k for d in kinds(docs, "ConfigMap") for k in d["data"]]
     assert len(set(files)) == 2
-    # The longer budget of the two decides the rollout deadline.
-    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == 10 * 360 + 600
+    # The copies bootstrap one after the other: the pod needs both budgets.
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] == 10 * 180 + 10 * 360 + 600
 
 
 def test_two_copies_on_one_admin_port_are_refused(parent):
@@ -1425,3 +1578,128 @@ def test_two_copies_with_one_instance_name_are_refused(parent):
     values["prices-cache"]["instanceName"] = "orders-cache"
     stderr = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"), check=False)
     assert "already has a container named orders-cache" in stderr, stderr
+
+
+DEADLINES = """\
+{{- $orders := dict "Values" (index .Values "orders-cache") "Release" .Release "Capabilities" .Capabilities }}
+{{- $prices := dict "Values" (index .Values "prices-cache") "Release" .Release "Capabilities" .Capabilities }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: deadlines
+data:
+  orders: {{ include "cdc-cache.progressDeadlineSeconds" $orders | quote }}
+  orders-list: {{ include "cdc-cache.progressDeadlineSeconds" (list $orders) | quote }}
+  both: {{ include "cdc-cache.progressDeadlineSeconds" (list $orders $prices) | quote }}
+"""
+
+
+def test_progress_deadline_of_several_copies_is_the_sum_of_their_budgets(parent):
+    """A native sidecar's startup probe gates the next init container (a classic one's hold, the next
+    container), so two copies bootstrap one after the other."""
+    values = two_copies(monitoring={})
+    docs = parent(values, deployment=DEADLINES, aliases=("orders-cache", "prices-cache"))
+    data = one(docs, "ConfigMap")["data"]
+    assert data == {"orders": str(BUDGET + 600), "orders-list": str(BUDGET + 600),
+                    "both": str(BUDGET + 10 * 360 + 600)}
+    # An explicit deadline in either copy is taken as the Deployment's (the largest, if both set one).
+    values["prices-cache"]["standalone"]["progressDeadlineSeconds"] = 9000
+    data = one(parent(values, deployment=DEADLINES, aliases=("orders-cache", "prices-cache")), "ConfigMap")["data"]
+    assert data["both"] == "9000" and data["orders"] == str(BUDGET + 600)
+
+
+# Two long instance names (40 characters, the schema's limit) in a long release (53, Helm's limit):
+# <release>-<instanceName> is 94 characters and the two differ only in the last one.
+LONG_RELEASE = "orders-platform-production-eu-central-1-blue-green-01"
+LONG_INSTANCES = ("orders-cache-from-the-primary-cluster-aa", "orders-cache-from-the-primary-cluster-bb")
+
+
+def test_two_copies_with_long_names_keep_their_objects_apart(parent):
+    assert len(LONG_RELEASE) == 53 and all(len(i) == 40 for i in LONG_INSTANCES)
+    values = two_copies()
+    for alias, instance in zip(("orders-cache", "prices-cache"), LONG_INSTANCES):
+        values[alias]["instanceName"] = instance
+    docs = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"), release=LONG_RELEASE)
+    for kind in ("PodMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap"):
+        names = [d["metadata"]["name"] for d in kinds(docs, kind)]
+        assert len(names) == 2 and len(set(names)) == 2, (kind, names)
+        limit = 63 + len("-dashboard") if kind == "ConfigMap" else 63
+        assert all(len(n) <= limit and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) for n in names), names
+    monitor_names = sorted(d["metadata"]["name"] for d in kinds(docs, "PodMonitor"))
+    # Cut to at most 54 characters (no dash at the cut) and suffixed with 8 hex of the full name's hash.
+    assert all(n.startswith(LONG_RELEASE) and re.fullmatch(r"[-a-z0-9]{1,54}[a-z0-9]-[0-9a-f]{8}", n)
+               for n in monitor_names), monitor_names
+    # The release-scoped rules and dashboards select on the PodMonitor's job, so they stay apart too.
+    exprs = {d["metadata"]["name"]: str(d["spec"]) for d in kinds(docs, "PrometheusRule")}
+    for name, text in exprs.items():
+        assert f'job="shop/{name}"' in text
+
+
+def test_instance_name_contained_in_the_release_name_does_not_shorten_it(parent):
+    """`contains` made release orders-cache's copies orders-cache and cache both orders-cache."""
+    values = two_copies()
+    values["orders-cache"]["instanceName"] = "orders-cache"
+    values["prices-cache"]["instanceName"] = "cache"
+    docs = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"), release="orders-cache")
+    assert sorted(d["metadata"]["name"] for d in kinds(docs, "PodMonitor")) == ["orders-cache", "orders-cache-cache"]
+
+
+@pytest.mark.parametrize("release, instance, expected", [
+    ("shop", "cdc-cache", "shop-cdc-cache"),
+    ("cdc-cache", "cdc-cache", "cdc-cache"),                      # equal: not repeated
+    ("orders-cdc-cache", "cdc-cache", "orders-cdc-cache-cdc-cache"),  # a suffix is not enough
+    ("cdc-cache-orders", "cdc-cache", "cdc-cache-orders-cdc-cache"),
+])
+def test_fullname_shortens_only_an_exact_match(render, release, instance, expected):
+    docs = render(merge(BASE, {"instanceName": instance}), release=release)
+    assert one(docs, "Deployment")["metadata"]["name"] == expected
+
+
+SMALL_TEMPLATES = """\
+{{- $cdc := dict "Values" (index .Values "cdc-cache") "Release" .Release "Capabilities" .Capabilities }}
+apiVersion: v1
+kind: Pod
+metadata:
+  name: shop
+spec:
+  initContainers:
+    {{- include "cdc-cache.initContainers" $cdc | nindent 4 }}
+  containers:
+    - name: shop
+      image: shop:1
+"""
+
+
+def test_old_kubernetes_is_refused_through_the_smaller_templates_too(parent):
+    values = {"cdc-cache": merge(CACHE_VALUES, {"topics": [{"topic": "orders"}]})}
+    stderr = parent(values, deployment=SMALL_TEMPLATES, check=False, kube_version="1.28.0")
+    assert "nativeSidecar: Kubernetes v1.28.0 has no native sidecars" in stderr, stderr
+    docs = parent(values, deployment=SMALL_TEMPLATES)
+    assert one(docs, "Pod")["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+
+
+SCOPED = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: exprs
+data:
+{{- range $i, $expr := .Values.exprs }}
+  e{{ $i }}: {{ include "cdc-cache.scopeExpr" (dict "expr" $expr "matcher" `job="ns/x"`) | quote }}
+{{- end }}
+"""
+
+
+def test_scoping_keeps_metric_names_with_digits_and_colons_whole(parent):
+    cases = {
+        "cdc_cache_p99_latency_seconds > 0": 'cdc_cache_p99_latency_seconds{job="ns/x"} > 0',
+        'cdc_cache_records:rate5m{table="a"}': 'cdc_cache_records:rate5m{job="ns/x", table="a"}',
+        "rate(process_cpu_seconds_total[5m])": 'rate(process_cpu_seconds_total{job="ns/x"}[5m])',
+        "cdc_cache_v2_ready offset 5m": 'cdc_cache_v2_ready{job="ns/x"} offset 5m',
+        "max(cdc_cache_ready)": 'max(cdc_cache_ready{job="ns/x"})',
+        "cdc_cache_ready": 'cdc_cache_ready{job="ns/x"}',
+        "up == 0": "up == 0",
+    }
+    values = {"exprs": list(cases), "cdc-cache": merge(CACHE_VALUES, {"topics": [{"topic": "orders"}]})}
+    data = one(parent(values, deployment=SCOPED), "ConfigMap")["data"]
+    assert [data[f"e{i}"] for i in range(len(cases))] == list(cases.values())

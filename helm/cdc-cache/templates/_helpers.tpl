@@ -27,15 +27,25 @@ Names, all derived from instanceName so that two copies of the chart can share a
 {{- .Values.instanceName | default "cdc-cache" -}}
 {{- end -}}
 
-{{/* Name of the standalone and monitoring objects: <release>-<instanceName>, at most 63 characters. */}}
+{{/*
+Name of the standalone and monitoring objects: <release>-<instanceName>, or the release name alone
+when it equals instanceName. Only an exact match shortens: a `contains` or suffix match would give
+two copies the same name (release orders-cache with instances orders-cache and cache). Longer than
+63 characters: the first 54 and 8 hex of the full name's sha256, so names that differ only past
+the cut stay apart.
+*/}}
 {{- define "cdc-cache.fullname" -}}
 {{- $name := include "cdc-cache.instanceName" . -}}
+{{- $full := printf "%s-%s" .Release.Name $name -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
-{{- else if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- $full = .Values.fullnameOverride -}}
+{{- else if eq .Release.Name $name -}}
+{{- $full = .Release.Name -}}
+{{- end -}}
+{{- if gt (len $full) 63 -}}
+{{- printf "%s-%s" ($full | trunc 54 | trimSuffix "-") (sha256sum $full | trunc 8) -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- $full -}}
 {{- end -}}
 {{- end -}}
 
@@ -135,13 +145,59 @@ probe, the classic wait hook, the Deployment's progress deadline and the NotRead
 progressDeadlineSeconds for a Deployment of pods carrying the sidecar: the bootstrap budget plus
 600 s (Kubernetes' own default, for scheduling, image pulls and the app's start), unless
 standalone.progressDeadlineSeconds is set. Parent charts put it in their Deployment spec.
+
+Takes one context, or a list of them for a pod carrying several copies of the chart:
+  {{ include "cdc-cache.progressDeadlineSeconds" (list $orders $prices) }}
+The copies bootstrap one after the other (kubelet starts the next init container only once a
+native sidecar's startup probe passes; a classic sidecar's postStart hold likewise delays the
+containers after it), so the pod needs the sum of the budgets: sum + 600 s. An explicit
+standalone.progressDeadlineSeconds in any of them wins (the largest, if several set one).
 */}}
 {{- define "cdc-cache.progressDeadlineSeconds" -}}
-{{- $explicit := int64 (.Values.standalone.progressDeadlineSeconds | default 0) -}}
-{{- if gt $explicit 0 -}}
+{{- $contexts := kindIs "slice" . | ternary . (list .) -}}
+{{- if not $contexts -}}
+{{- fail "cdc-cache.progressDeadlineSeconds: pass a context, or a list of contexts (one per copy of the chart in the pod)" -}}
+{{- end -}}
+{{- $explicit := 0 -}}
+{{- $budgets := 0 -}}
+{{- range $contexts -}}
+{{- $explicit = max $explicit (int64 (.Values.standalone.progressDeadlineSeconds | default 0)) -}}
+{{- $budgets = add $budgets (include "cdc-cache.startupBudgetSeconds" . | atoi) -}}
+{{- end -}}
+{{- if gt (int64 $explicit) 0 -}}
 {{- $explicit -}}
 {{- else -}}
-{{- add (include "cdc-cache.startupBudgetSeconds" . | atoi) 600 -}}
+{{- add $budgets 600 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+How many pods of a Deployment bootstrap one after the other in a rolling update: replicas
+divided by the pods that may be new and unready at once (maxSurge, rounded up, plus
+maxUnavailable, rounded down, as Kubernetes resolves percentages), rounded up; 1 for Recreate.
+Context: dict "replicas" <n> "strategy" <the Deployment's strategy>.
+*/}}
+{{- define "cdc-cache.rolloutWaves" -}}
+{{- $replicas := int64 .replicas -}}
+{{- $strategy := .strategy | default dict -}}
+{{- if or (le $replicas 1) (eq (toString ($strategy.type | default "RollingUpdate")) "Recreate") -}}
+1
+{{- else -}}
+{{- $rolling := $strategy.rollingUpdate | default dict -}}
+{{- $at := 0 -}}
+{{- range $key, $default := dict "maxSurge" "25%" "maxUnavailable" "25%" -}}
+{{- $v := toString (hasKey $rolling $key | ternary (get $rolling $key) $default) -}}
+{{- if hasSuffix "%" $v -}}
+{{- $scaled := mul $replicas (trimSuffix "%" $v | atoi) -}}
+{{- $at = add $at (eq $key "maxSurge" | ternary (div (add $scaled 99) 100) (div $scaled 100)) -}}
+{{- else -}}
+{{- $at = add $at (atoi $v) -}}
+{{- end -}}
+{{- end -}}
+{{- if le $at 0 -}}
+{{- $at = 1 -}}
+{{- end -}}
+{{- div (add $replicas (sub $at 1)) $at -}}
 {{- end -}}
 {{- end -}}
 
@@ -249,6 +305,7 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
 ------------------------------------------------------------------------------------------- */}}
 {{- define "cdc-cache.validate" -}}
 {{- $v := .Values -}}
+{{- include "cdc-cache.requireNativeSidecarSupport" . -}}
 {{- $kafka := $v.kafka -}}
 {{- $_ := required "kafka.brokers: set the Kafka bootstrap servers (host:port,host:port)" $kafka.brokers -}}
 {{- /* The binary refuses these too; failing here names the value before anything is deployed. */ -}}
@@ -301,12 +358,95 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- $bind := toString $v.admin.bindAddress -}}
-{{- if or (hasPrefix "127." $bind) (eq $bind "[::1]") (hasPrefix "[::ffff:127." $bind) -}}
-{{- fail (printf "admin.bindAddress %s: kubelet probes and Prometheus reach the admin port on the pod IP, so a loopback address never becomes ready; use \"[::]\" (IPv6 and IPv4) or \"0.0.0.0\"" $bind) -}}
-{{- end -}}
+{{- include "cdc-cache.validateBindAddress" . -}}
 {{- if hasPrefix "unix:" (toString $v.grpcListen) -}}
 {{- fail (printf "grpcListen %s: set grpcListen: unix; the socket then lives at /var/run/%s/grpc.sock, in a volume of its own shared with the app (a path of your choosing could hide a directory the app needs, such as /tmp)" $v.grpcListen (include "cdc-cache.instanceName" .)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Native sidecars need Kubernetes 1.29 (beta, on by default); an older API server drops
+restartPolicy from the init container, which then blocks the pod forever. Chart.yaml sets no
+kubeVersion, so classic mode installs on any version; this refuses only native mode, from
+.Capabilities (optional in a parent's context; `helm template` assumes its own client's
+Kubernetes version unless given --kube-version, `helm install` and `upgrade` ask the cluster).
+*/}}
+{{- define "cdc-cache.requireNativeSidecarSupport" -}}
+{{- if and .Values.nativeSidecar .Capabilities -}}
+{{- $version := .Capabilities.KubeVersion.Version -}}
+{{- if semverCompare "<1.29.0-0" $version -}}
+{{- fail (printf "nativeSidecar: Kubernetes %s has no native sidecars (1.29 or later); set nativeSidecar: false (classic mode works on any version)" $version) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+admin.bindAddress must be an address kubelet (probes) and Prometheus reach on the pod IP: an
+unspecified address ([::], 0.0.0.0) or a non-loopback IP. The schema admits IPv4 and bracketed
+IPv6 characters; here IPv6 is expanded to eight groups without leading zeros, so every spelling
+of ::1 ([0:0:0:0:0:0:0:1], [0::0001]) and of IPv4 loopback inside IPv6 ([::ffff:127.0.0.1],
+[::ffff:7f00:1], the old IPv4-compatible [::127.0.0.1]) is refused, as is 127.0.0.0/8.
+*/}}
+{{- define "cdc-cache.validateBindAddress" -}}
+{{- $bind := toString .Values.admin.bindAddress -}}
+{{- $loopback := false -}}
+{{- $invalid := false -}}
+{{- if hasPrefix "[" $bind -}}
+{{- $ip := $bind | trimPrefix "[" | trimSuffix "]" | lower -}}
+{{- /* An IPv4 tail (::ffff:127.0.0.1) becomes two hex groups. */ -}}
+{{- if contains "." $ip -}}
+{{- $parts := splitList ":" $ip -}}
+{{- $v4 := last $parts -}}
+{{- if not (regexMatch `^[0-9]{1,3}(\.[0-9]{1,3}){3}$` $v4) -}}
+{{- $invalid = true -}}
+{{- else -}}
+{{- $o := list -}}
+{{- range splitList "." $v4 }}{{ $o = append $o (atoi .) }}{{ end -}}
+{{- range $o }}{{ if gt . 255 }}{{ $invalid = true }}{{ end }}{{ end -}}
+{{- $hex := printf "%x:%x" (add (mul (index $o 0) 256) (index $o 1)) (add (mul (index $o 2) 256) (index $o 3)) -}}
+{{- $ip = printf "%s%s" (trimSuffix $v4 $ip) $hex -}}
+{{- end -}}
+{{- end -}}
+{{- $halves := splitList "::" $ip -}}
+{{- $groups := list -}}
+{{- if gt (len $halves) 2 -}}
+{{- $invalid = true -}}
+{{- else -}}
+{{- $head := list -}}
+{{- $tail := list -}}
+{{- with index $halves 0 }}{{ $head = splitList ":" . }}{{ end -}}
+{{- if eq (len $halves) 2 -}}
+{{- with index $halves 1 }}{{ $tail = splitList ":" . }}{{ end -}}
+{{- end -}}
+{{- $missing := sub 8 (add (len $head) (len $tail)) -}}
+{{- if or (lt $missing 0) (and (eq (len $halves) 1) (ne $missing 0)) (and (eq (len $halves) 2) (lt $missing 1)) -}}
+{{- $invalid = true -}}
+{{- else -}}
+{{- $groups = $head -}}
+{{- range until (int $missing) }}{{ $groups = append $groups "0" }}{{ end -}}
+{{- $groups = concat $groups $tail -}}
+{{- end -}}
+{{- end -}}
+{{- $canonical := list -}}
+{{- range $groups -}}
+{{- if not (regexMatch `^[0-9a-f]{1,4}$` .) }}{{ $invalid = true }}{{ end -}}
+{{- $canonical = append $canonical (regexReplaceAll `^0+` . "" | default "0") -}}
+{{- end -}}
+{{- $ip = join ":" $canonical -}}
+{{- if or (eq $ip "0:0:0:0:0:0:0:1") (regexMatch `^0:0:0:0:0:(ffff|0):7f[0-9a-f]{2}:[0-9a-f]{1,4}$` $ip) -}}
+{{- $loopback = true -}}
+{{- end -}}
+{{- else -}}
+{{- $o := list -}}
+{{- range splitList "." $bind }}{{ $o = append $o (atoi .) }}{{ end -}}
+{{- range $o }}{{ if gt . 255 }}{{ $invalid = true }}{{ end }}{{ end -}}
+{{- if eq (first $o) 127 }}{{ $loopback = true }}{{ end -}}
+{{- end -}}
+{{- if $invalid -}}
+{{- fail (printf "admin.bindAddress %s: not an IP address; use \"[::]\" (IPv6 and IPv4), \"0.0.0.0\" or a non-loopback IP of the pod" $bind) -}}
+{{- end -}}
+{{- if $loopback -}}
+{{- fail (printf "admin.bindAddress %s: kubelet probes and Prometheus reach the admin port on the pod IP, so a loopback address never becomes ready; use \"[::]\" (IPv6 and IPv4) or \"0.0.0.0\"" $bind) -}}
 {{- end -}}
 {{- end -}}
 
@@ -612,12 +752,8 @@ it once per copy of the chart, feeding one call's result (| fromYaml) to the nex
 {{- fail "cdc-cache.inject: the pod template has no containers; the app's containers go in spec.containers" -}}
 {{- end -}}
 
-{{- /* Native sidecars need Kubernetes 1.29 (beta, on by default); older API servers drop restartPolicy. */ -}}
-{{- if and $v.nativeSidecar $ctx.Capabilities -}}
-{{- if semverCompare "<1.29.0-0" $ctx.Capabilities.KubeVersion.Version -}}
-{{- fail (printf "nativeSidecar: Kubernetes %s has no native sidecars (1.29 or later); set nativeSidecar: false" $ctx.Capabilities.KubeVersion.Version) -}}
-{{- end -}}
-{{- end -}}
+{{- /* Native sidecars need Kubernetes 1.29: refused before anything else is merged. */ -}}
+{{- include "cdc-cache.requireNativeSidecarSupport" $ctx -}}
 
 {{- /* The app containers: named ones, or all but other cdc-cache sidecars. */ -}}
 {{- $apps := list -}}
@@ -763,11 +899,12 @@ Monitoring: narrowing PromQL to one release
 
 {{/*
 Adds a label matcher to every cdc_cache_* and process_* selector of a PromQL expression:
-dict "expr" <PromQL> "matcher" <label="value">.
+dict "expr" <PromQL> "matcher" <label="value">. A metric name runs over every character PromQL
+allows in one ([a-zA-Z0-9_:]), so a name with digits or colons is never split.
 */}}
 {{- define "cdc-cache.scopeExpr" -}}
-{{- $expr := regexReplaceAll `\b((?:cdc_cache|process)_[a-z_]+)\{` .expr (printf "${1}{%s, " .matcher) -}}
-{{- regexReplaceAll `\b((?:cdc_cache|process)_[a-z_]+)([^a-z_{(]|$)` $expr (printf "${1}{%s}${2}" .matcher) -}}
+{{- $expr := regexReplaceAll `\b((?:cdc_cache|process)_[a-zA-Z0-9_:]+)\{` .expr (printf "${1}{%s, " .matcher) -}}
+{{- regexReplaceAll `\b((?:cdc_cache|process)_[a-zA-Z0-9_:]+)([^a-zA-Z0-9_:{(]|$)` $expr (printf "${1}{%s}${2}" .matcher) -}}
 {{- end -}}
 
 {{/* Scopes every query of dashboard panels, rows included (in place): dict "panels" <list> "matcher" <m>. */}}
