@@ -17,6 +17,8 @@ use crate::health::Health;
 use crate::ingest::{self, IngestError};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
+use crate::snapshot::local::LocalSnapshots;
+use crate::snapshot::writer::SnapshotWriter;
 use crate::store::Store;
 
 /// How long ingest threads get to stop: one poll plus one metadata request in flight.
@@ -30,7 +32,7 @@ pub enum AppError {
     Ingest(#[from] IngestError),
     #[error("grpc server: {0}")]
     Grpc(#[from] crate::grpc::ServeError),
-    #[error("cannot start the gRPC serving thread: {0}")]
+    #[error("cannot start a thread: {0}")]
     GrpcThread(std::io::Error),
 }
 
@@ -47,6 +49,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let health = Health::new().await;
 
     let grpc_runtime = ServingRuntime::start().map_err(AppError::GrpcThread)?;
+
+    let snapshot_writer = match &config.snapshots {
+        Some(s) => Some(
+            SnapshotWriter::spawn(
+                store.clone(),
+                metrics.clone(),
+                LocalSnapshots::new(&s.dir, s.keep),
+                s.interval,
+            )
+            .map_err(AppError::GrpcThread)?,
+        ),
+        None => None,
+    };
 
     let ingest_stop = CancellationToken::new();
     let ingest_failed = CancellationToken::new();
@@ -124,6 +139,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     ingest_stop.cancel();
     let ingest_result = ingest.join(INGEST_STOP_DEADLINE).await;
+    if let Some(writer) = snapshot_writer {
+        // Positions are final now: the next start reads only what comes after them.
+        writer.finish().await;
+    }
     admin_stop.cancel();
     // A client holding a health Watch stream open would keep the admin server draining forever.
     let mut admin = admin;

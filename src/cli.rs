@@ -153,6 +153,25 @@ pub struct ServeOptions {
     )]
     pub memory_limit_ratio: f64,
 
+    /// A directory for snapshots (an emptyDir in Kubernetes): at start-up each table loads its
+    /// newest usable snapshot and reads from Kafka only what happened since; while running, and
+    /// at shutdown, every ready table is written there.
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_DIR", value_name = "DIR")]
+    pub snapshot_dir: Option<std::path::PathBuf>,
+
+    /// How often ready tables are written to --snapshot-dir (0s: only at shutdown).
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// Snapshots kept per table.
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_KEEP", default_value_t = 2)]
+    pub snapshot_keep: usize,
+
+    /// Older snapshots are not loaded: compaction may have dropped tombstones they would need.
+    /// Keep it below the topics' delete.retention.ms (Kafka's default is 24h).
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    pub snapshot_max_age: Duration,
+
     /// The memory limit to stay under, in bytes (suffixes Ki, Mi, Gi) [default: the container's
     /// cgroup limit, if any].
     #[arg(long, env = "CDC_CACHE_MEMORY_LIMIT", value_name = "BYTES", value_parser = parse_bytes)]

@@ -73,6 +73,16 @@ impl FromStr for ListenAddr {
     }
 }
 
+/// Where and how often tables are snapshotted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    pub dir: PathBuf,
+    /// Zero: only at shutdown.
+    pub interval: Duration,
+    pub keep: usize,
+    pub max_age: Duration,
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -96,6 +106,8 @@ pub struct Config {
     pub memory_limit_ratio: f64,
     /// The memory limit given by flag; None: the container's (cgroup) limit.
     pub memory_limit: Option<u64>,
+    /// Local snapshots, if enabled.
+    pub snapshots: Option<SnapshotConfig>,
     /// Deprecated spellings that were used, each with what replaces it; logged at start-up.
     pub deprecations: Vec<String>,
 }
@@ -215,6 +227,12 @@ impl ServeOptions {
             on_decode_error: self.on_decode_error,
             memory_limit_ratio: ratio,
             memory_limit: self.memory_limit,
+            snapshots: self.snapshot_dir.map(|dir| SnapshotConfig {
+                dir,
+                interval: self.snapshot_interval,
+                keep: self.snapshot_keep.max(1),
+                max_age: self.snapshot_max_age,
+            }),
             deprecations,
         })
     }

@@ -32,6 +32,14 @@ pub const PARTITION_REBUILDING: &str = "cdc_cache_partition_rebuilding";
 pub const KEY_CONFLICTS_TOTAL: &str = "cdc_cache_key_conflicts_total";
 pub const TABLE_PROBLEM: &str = "cdc_cache_table_problem";
 pub const LOADING_STOPPED: &str = "cdc_cache_loading_stopped";
+pub const BOOTSTRAP_SOURCE: &str = "cdc_cache_bootstrap_source";
+pub const BOOTSTRAP_FETCHED_BYTES: &str = "cdc_cache_bootstrap_fetched_bytes";
+pub const SNAPSHOT_LOADS_TOTAL: &str = "cdc_cache_snapshot_loads_total";
+pub const SNAPSHOT_LOADED_AGE_SECONDS: &str = "cdc_cache_snapshot_loaded_age_seconds";
+pub const SNAPSHOT_WRITES_TOTAL: &str = "cdc_cache_snapshot_writes_total";
+pub const SNAPSHOT_LAST_WRITE_SECONDS: &str = "cdc_cache_snapshot_last_write_timestamp_seconds";
+pub const SNAPSHOT_WRITE_DURATION_SECONDS: &str = "cdc_cache_snapshot_write_duration_seconds";
+pub const SNAPSHOT_BYTES: &str = "cdc_cache_snapshot_bytes";
 pub const BOOTSTRAP_DURATION_SECONDS: &str = "cdc_cache_bootstrap_duration_seconds";
 pub const GRPC_REQUESTS_TOTAL: &str = "cdc_cache_grpc_requests_total";
 pub const GRPC_REQUEST_DURATION_SECONDS: &str = "cdc_cache_grpc_request_duration_seconds";
@@ -180,6 +188,8 @@ impl Metrics {
         let bootstrap = table.bootstrap_duration().unwrap_or(Duration::ZERO);
         self.gauge(BOOTSTRAP_DURATION_SECONDS, labels())
             .set(bootstrap.as_secs_f64());
+        self.gauge(BOOTSTRAP_FETCHED_BYTES, labels())
+            .set(table.bootstrap_fetched_bytes().unwrap_or(0) as f64);
         self.gauge(BROKER_SILENCE_SECONDS, labels())
             .set(table.broker_silence_ms(now_ms) as f64 / 1000.0);
         for p in table.partitions() {
@@ -246,6 +256,61 @@ impl TableMetrics {
         ];
         self.recorder
             .register_counter(&Key::from_parts(KAFKA_ERRORS_TOTAL, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// Where the table's bootstrap began: `snapshot-local` or `kafka` (1 for the source used).
+    pub fn set_bootstrap_source(&self, source: &'static str) {
+        for candidate in ["snapshot-local", "kafka"] {
+            let labels = vec![label("table", &self.table), label("source", candidate)];
+            self.recorder
+                .register_gauge(&Key::from_parts(BOOTSTRAP_SOURCE, labels), &METADATA)
+                .set(if candidate == source { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// A snapshot considered at start-up: `loaded`, or `refused` (damaged, too old, of another
+    /// topic, outside the log).
+    pub fn record_snapshot_load(&self, outcome: &'static str) {
+        let labels = vec![label("table", &self.table), label("outcome", outcome)];
+        self.recorder
+            .register_counter(&Key::from_parts(SNAPSHOT_LOADS_TOTAL, labels), &METADATA)
+            .increment(1);
+    }
+
+    pub fn set_snapshot_loaded_age(&self, age: Duration) {
+        self.recorder
+            .register_gauge(
+                &Key::from_parts(SNAPSHOT_LOADED_AGE_SECONDS, vec![label("table", &self.table)]),
+                &METADATA,
+            )
+            .set(age.as_secs_f64());
+    }
+
+    pub fn record_snapshot_written(&self, bytes: u64, duration: Duration) {
+        let table = || vec![label("table", &self.table)];
+        let outcome = vec![label("table", &self.table), label("outcome", "ok")];
+        self.recorder
+            .register_counter(&Key::from_parts(SNAPSHOT_WRITES_TOTAL, outcome), &METADATA)
+            .increment(1);
+        self.recorder
+            .register_gauge(&Key::from_parts(SNAPSHOT_LAST_WRITE_SECONDS, table()), &METADATA)
+            .set(crate::clock::now_ms() as f64 / 1000.0);
+        self.recorder
+            .register_gauge(
+                &Key::from_parts(SNAPSHOT_WRITE_DURATION_SECONDS, table()),
+                &METADATA,
+            )
+            .set(duration.as_secs_f64());
+        self.recorder
+            .register_gauge(&Key::from_parts(SNAPSHOT_BYTES, table()), &METADATA)
+            .set(bytes as f64);
+    }
+
+    pub fn record_snapshot_failed(&self) {
+        let labels = vec![label("table", &self.table), label("outcome", "error")];
+        self.recorder
+            .register_counter(&Key::from_parts(SNAPSHOT_WRITES_TOTAL, labels), &METADATA)
             .increment(1);
     }
 
@@ -358,6 +423,44 @@ fn describe(recorder: &PrometheusRecorder) {
         MEMORY_LIMIT_BYTES,
         Some(Unit::Bytes),
         "The memory limit in force: --memory-limit, else the container's cgroup limit (0 when there is none).",
+    );
+    gauge(
+        BOOTSTRAP_SOURCE,
+        None,
+        "Where the table's bootstrap began: source=snapshot-local (then Kafka since the snapshot) or kafka (from the log start).",
+    );
+    gauge(
+        BOOTSTRAP_FETCHED_BYTES,
+        Some(Unit::Bytes),
+        "Key and value bytes of the records fetched from Kafka until the table was ready, redeliveries included (0 until then).",
+    );
+    counter(
+        SNAPSHOT_LOADS_TOTAL,
+        "Snapshots considered at start-up: outcome=loaded, or refused (damaged, too old, of another topic, outside the log).",
+    );
+    gauge(
+        SNAPSHOT_LOADED_AGE_SECONDS,
+        Some(Unit::Seconds),
+        "Age of the snapshot the table started from, when it was loaded.",
+    );
+    counter(
+        SNAPSHOT_WRITES_TOTAL,
+        "Snapshots written, by outcome (ok, error).",
+    );
+    gauge(
+        SNAPSHOT_LAST_WRITE_SECONDS,
+        Some(Unit::Seconds),
+        "When the table's last snapshot was written, Unix seconds.",
+    );
+    gauge(
+        SNAPSHOT_WRITE_DURATION_SECONDS,
+        Some(Unit::Seconds),
+        "How long the last snapshot took to write.",
+    );
+    gauge(
+        SNAPSHOT_BYTES,
+        Some(Unit::Bytes),
+        "Size of the last snapshot written.",
     );
     gauge(
         LOADING_STOPPED,

@@ -30,6 +30,8 @@ use crate::clock::now_ms;
 use crate::config::{Config, OnDecodeError};
 use crate::format::{self, DecodeError, Format};
 use crate::metrics::{Metrics, TableMetrics};
+use crate::snapshot::load::{load_newest, Outcome as LoadOutcome};
+use crate::snapshot::local::LocalSnapshots;
 use crate::store::{Applied, Change, PartitionState, Store, Table};
 
 /// How long one poll waits for a record; also how quickly a shutdown request is noticed.
@@ -140,6 +142,10 @@ pub fn start(
             next_discovery: Instant::now(),
             fetch_failing_since: None,
             paused: false,
+            snapshots: config
+                .snapshots
+                .as_ref()
+                .map(|s| (LocalSnapshots::new(&s.dir, s.keep), s.max_age)),
             decode_log: RateLimit::new(LOG_INTERVAL),
             error_log: RateLimit::new(LOG_INTERVAL),
         });
@@ -212,6 +218,8 @@ struct Worker {
     fetch_failing_since: Option<Instant>,
     /// Loading stopped (memory near the limit): partitions paused, nothing more is applied.
     paused: bool,
+    /// Where to look for a snapshot to start from, and the oldest one to accept.
+    snapshots: Option<(LocalSnapshots, Duration)>,
     decode_log: RateLimit,
     error_log: RateLimit,
 }
@@ -222,6 +230,7 @@ impl Worker {
             return Ok(()); // cancelled before the broker answered
         };
         self.table.set_initial_partitions(initial);
+        self.warm_start();
         let ids: Vec<i32> = self.table.partitions().iter().map(|p| p.partition()).collect();
         info!(
             table = self.table.name(),
@@ -373,16 +382,57 @@ impl Worker {
         let mut assignment = TopicPartitionList::new();
         for &id in ids {
             let state = self.table.partition(id).expect("registered before assignment");
-            // Start at the log start captured with the end offset; a log start that moves on
-            // before the first fetch is a reset like any other (log_check).
+            // Start at the log start captured with the end offset, or where a snapshot left the
+            // partition; a log start that moves on before the first fetch is a reset like any
+            // other (log_check).
             assignment
-                .add_partition_offset(self.table.topic(), id, Offset::Offset(state.log_start()))
+                .add_partition_offset(self.table.topic(), id, Offset::Offset(state.position()))
                 .map_err(|source| self.assign_error(source))?;
             self.partitions.insert(id, state);
         }
         self.consumer
             .incremental_assign(&assignment)
             .map_err(|source| self.assign_error(source))
+    }
+
+    /// Starts from the newest usable snapshot, if snapshots are on: its records go into the map
+    /// and its positions into the partitions, so only what happened since is read from Kafka.
+    fn warm_start(&self) {
+        let Some((snapshots, max_age)) = &self.snapshots else {
+            self.metrics.set_bootstrap_source("kafka");
+            return;
+        };
+        let bounds = self
+            .table
+            .partitions()
+            .iter()
+            .map(|p| (p.partition(), (p.log_start(), p.end_offset())))
+            .collect();
+        let outcome = load_newest(snapshots, &self.table, &bounds, *max_age, now_ms());
+        let refused = match &outcome {
+            LoadOutcome::Loaded { refused, .. } | LoadOutcome::ColdStart { refused } => refused,
+        };
+        for reason in refused {
+            self.metrics.record_snapshot_load("refused");
+            warn!(table = self.table.name(), reason, "snapshot not used");
+        }
+        match outcome {
+            LoadOutcome::Loaded {
+                path, age, records, ..
+            } => {
+                self.metrics.record_snapshot_load("loaded");
+                self.metrics.set_snapshot_loaded_age(age);
+                self.metrics.set_bootstrap_source("snapshot-local");
+                info!(
+                    table = self.table.name(),
+                    path,
+                    records,
+                    age_s = age.as_secs(),
+                    "starting from a snapshot; reading from Kafka what happened since"
+                );
+            }
+            LoadOutcome::ColdStart { .. } => self.metrics.set_bootstrap_source("kafka"),
+        }
     }
 
     fn assign_error(&self, source: KafkaError) -> IngestError {
@@ -395,6 +445,7 @@ impl Worker {
 
     fn apply(&mut self, record: Incoming) -> Result<(), IngestError> {
         let Incoming {
+            bytes,
             partition: id,
             offset,
             timestamp,
@@ -409,6 +460,7 @@ impl Worker {
             return Ok(());
         };
         self.made_progress();
+        self.table.note_fetched(bytes);
         if !partition.is_new(offset) {
             return Ok(()); // a redelivery (brokers and restarts do this): already applied or skipped
         }
@@ -854,6 +906,8 @@ impl Worker {
 
 /// A record taken off the consumer, decoded.
 struct Incoming {
+    /// Key and value bytes, as fetched.
+    bytes: usize,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -863,6 +917,7 @@ struct Incoming {
 impl Incoming {
     fn decode(format: Format, message: &BorrowedMessage<'_>) -> Incoming {
         Incoming {
+            bytes: message.key_len() + message.payload_len(),
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp().to_millis(),

@@ -3,3 +3,6 @@
 //! more way a partition gets its starting position, checked against the broker before use.
 
 pub mod format;
+pub mod load;
+pub mod local;
+pub mod writer;

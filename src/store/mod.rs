@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 pub use partition::PartitionState;
 pub use readiness::Latch;
-pub use record::Found;
+pub use record::{Found, Origin};
 pub use table::{Applied, Change, Progress, Table, TooLarge};
 
 use crate::config::TableConfig;

@@ -103,6 +103,13 @@ impl PartitionState {
         self.caught_up.store(false, Ordering::Release);
     }
 
+    /// Starts at a snapshot's position instead of the log start (everything below it is in the
+    /// map already). Only before the partition is assigned.
+    pub fn restore_position(&self, position: i64) {
+        self.position.store(position, Ordering::Release);
+        self.high_watermark.fetch_max(position, Ordering::Relaxed);
+    }
+
     /// The rebuild is complete (the stale rows are gone).
     pub fn end_rebuild(&self) {
         self.rebuilding.store(false, Ordering::Release);

@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::partition::PartitionState;
 use super::readiness::Latch;
-use super::record::{Found, Record};
+use super::record::{Found, Origin, Record};
 use crate::clock::now_ms;
 use crate::config::TableConfig;
 use crate::format::{Format, KeyShapes};
@@ -95,6 +95,10 @@ pub struct Table {
     bootstrap_deletes: DashMap<Box<[u8]>, (i64, i32)>,
     /// Records of a key that arrived from a partition other than the one holding it.
     key_conflicts: AtomicU64,
+    /// Key and value bytes of the records fetched from Kafka so far (redeliveries included), and
+    /// the figure when the table became ready.
+    fetched_bytes: AtomicU64,
+    bootstrap_fetched_bytes: OnceLock<u64>,
     skipped: AtomicU64,
     /// Wall-clock ms of the last sign that fetching works: a record, an end of partition, or a
     /// statistics report with a broker up while no fetch error is outstanding.
@@ -138,6 +142,8 @@ impl Table {
             data_bytes: AtomicI64::new(0),
             bootstrap_deletes: DashMap::new(),
             key_conflicts: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            bootstrap_fetched_bytes: OnceLock::new(),
             skipped: AtomicU64::new(0),
             last_broker_contact_ms: AtomicI64::new(0),
             fetch_failing: AtomicBool::new(false),
@@ -172,6 +178,16 @@ impl Table {
 
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// A record of `bytes` key and value bytes came from Kafka.
+    pub fn note_fetched(&self, bytes: usize) {
+        self.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes fetched until the table was ready.
+    pub fn bootstrap_fetched_bytes(&self) -> Option<u64> {
+        self.bootstrap_fetched_bytes.get().copied()
     }
 
     /// Records of a key that arrived from another partition than the one that wrote it (a key
@@ -444,6 +460,40 @@ impl Table {
         }
     }
 
+    /// Visits every record. The map is read shard by shard, each read-locked while it is
+    /// visited: readers go on, writers to that shard wait that long.
+    pub fn for_each_record(&self, mut visit: impl FnMut(&[u8], &[u8], Origin)) {
+        for entry in self.entries.iter() {
+            let record = entry.key();
+            let (value, origin) = record.value_and_origin();
+            visit(record.key(), value, origin);
+        }
+    }
+
+    /// Puts a record from a snapshot in place, as it was written (no offset checks: the
+    /// partitions' positions are restored with it).
+    pub fn restore(&self, key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) {
+        let added = (key.len() + value.len()) as i64;
+        let record = Record::new(key, value, partition, offset, timestamp_ms);
+        let removed = match self.entries.entry(record) {
+            dashmap::Entry::Occupied(entry) => entry.replace_entry(()).0.data_len(),
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(());
+                if self.format == Format::Debezium {
+                    self.key_shapes.observe(key);
+                }
+                0
+            }
+        };
+        self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
+    }
+
+    /// Drops every record (a snapshot that failed to load half-way).
+    pub fn clear(&self) {
+        self.entries.clear();
+        self.data_bytes.store(0, Ordering::Relaxed);
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         // The shard guard lives only for this expression: copy out and release.
         self.entries.get(key).map(|entry| entry.key().found())
@@ -509,6 +559,9 @@ impl Table {
             return false;
         }
         let _ = self.bootstrap_duration.set(self.started.elapsed());
+        let _ = self
+            .bootstrap_fetched_bytes
+            .set(self.fetched_bytes.load(Ordering::Relaxed));
         let first = self.ready.open();
         if first {
             // Replay order no longer matters: records now arrive as they are written.

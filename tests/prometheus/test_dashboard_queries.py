@@ -66,6 +66,10 @@ TABLE_METRICS = {
     "cdc_cache_kafka_errors_total",
     "cdc_cache_key_conflicts_total",
     "cdc_cache_table_problem",
+    "cdc_cache_bootstrap_source",
+    "cdc_cache_bootstrap_fetched_bytes",
+    "cdc_cache_snapshot_last_write_timestamp_seconds",
+    "cdc_cache_snapshot_writes_total",
 }
 
 # Counters whose series exist only once their event happened (a Kafka error code, a partition
@@ -73,6 +77,9 @@ TABLE_METRICS = {
 EVENT_ONLY_METRICS = {
     "cdc_cache_kafka_errors_total",
     "cdc_cache_partition_resets_total",
+    # Only with --snapshot-dir, which the demo does not use.
+    "cdc_cache_snapshot_last_write_timestamp_seconds",
+    "cdc_cache_snapshot_writes_total",
 }
 
 SELECTOR = re.compile(r"\b(cdc_cache_[a-z_]+)(\{[^}]*\})?")
