@@ -49,6 +49,11 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the sidecar and returns once `/readyz` answers 200.
     pub fn start(brokers: &str, topic: &str, grpc: String) -> Sidecar {
+        Self::start_with(brokers, topic, grpc, &[])
+    }
+
+    /// As [`Sidecar::start`], with more flags.
+    pub fn start_with(brokers: &str, topic: &str, grpc: String, extra: &[&str]) -> Sidecar {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
             .args([
@@ -61,6 +66,7 @@ impl Sidecar {
                 &grpc,
             ])
             .args(["--admin-listen", &admin.to_string()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,6 +93,18 @@ impl Sidecar {
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         response.contains(" 200 ")
+    }
+
+    /// The value of a metric series on `/metrics` (the exact series text before the value).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let mut stream = TcpStream::connect(self.admin).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response
+            .lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
     /// Resident memory after a pause that lets the consumer's fetch queue drain.

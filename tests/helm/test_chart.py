@@ -26,6 +26,8 @@ ADMIN_PORT = 9464
 ADMIN_PORT_NAME = "cdc-cache-admin"
 BUDGET = 10 * 180  # the default bootstrap budget: probes.startup periodSeconds x failureThreshold
 SHUTDOWN_DELAY = 15  # classic mode's default shutdownDelay, in seconds: a 10 s preStop + 5 s drain
+SNAPSHOT_ALLOWANCE = 10  # snapshots.shutdownAllowance: the final snapshot at shutdown, in seconds
+NO_SNAPSHOTS = {"snapshots": {"enabled": False}}
 
 # Kinds kubernetes-validate has no schema for; their structure is asserted in the tests below.
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
@@ -420,7 +422,7 @@ def test_scenario_is_valid_and_hardened(render, name):
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
-    assert spec["terminationGracePeriodSeconds"] >= SHUTDOWN_DELAY + 10 + 12
+    assert spec["terminationGracePeriodSeconds"] >= SHUTDOWN_DELAY + 10 + 12 + SNAPSHOT_ALLOWANCE
 
     # kubectl logs/exec default to the app, not to the sidecar.
     annotations = pod_template(docs)["metadata"]["annotations"]
@@ -480,10 +482,11 @@ def test_classic_sidecar_keeps_answering_while_the_app_drains(render):
     container, _ = sidecar(docs)
     assert env_of(container)["CDC_CACHE_SHUTDOWN_DELAY"] == f"{SHUTDOWN_DELAY}s"
     assert SHUTDOWN_DELAY >= 10 + 5
-    # The default grace period covers the delay, the drain and the ~12 s of consumers and admin port.
-    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 45 >= SHUTDOWN_DELAY + 10 + 12
+    # The default grace period covers the delay, the drain, the ~12 s of consumers and admin port
+    # and the final snapshot.
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 60 >= SHUTDOWN_DELAY + 10 + 12 + SNAPSHOT_ALLOWANCE
     # A longer app stop: the delay follows it, and the grace period must too (exactly enough here).
-    docs = render(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 52}))
+    docs = render(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 62}))
     assert env_of(sidecar(docs)[0])["CDC_CACHE_SHUTDOWN_DELAY"] == "30s"
 
 
@@ -521,10 +524,11 @@ def test_progress_deadline_can_be_set(render):
 def test_a_grace_period_shorter_than_the_shutdown_is_refused(refuse):
     stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 20}))
     assert "terminationGracePeriodSeconds 20" in stderr and "shutdownDelay 15s" in stderr, stderr
-    # 15 s + 10 s + 12 s = 37 s: one second less is refused.
-    stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 36}))
-    assert "terminationGracePeriodSeconds 36" in stderr and "37.0 s" in stderr, stderr
-    stderr = refuse(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 51}))
+    # 15 s + 10 s + 12 s + 10 s (the final snapshot) = 47 s: one second less is refused.
+    stderr = refuse(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 46}))
+    assert "terminationGracePeriodSeconds 46" in stderr and "47.0 s" in stderr, stderr
+    assert "snapshots.shutdownAllowance 10s (the final snapshot)" in stderr, stderr
+    stderr = refuse(merge(BASE, CLASSIC, {"shutdownDelay": "30s", "terminationGracePeriodSeconds": 61}))
     assert "shutdownDelay 30s" in stderr, stderr
     stderr = refuse(merge(BASE, {"shutdownGrace": "30s", "terminationGracePeriodSeconds": 30}))
     assert "terminationGracePeriodSeconds 30" in stderr and "shutdownGrace 30s" in stderr, stderr
@@ -588,6 +592,10 @@ def test_env_carries_the_values(render):
         "CDC_CACHE_ON_DECODE_ERROR": "fail",
         "CDC_CACHE_MEMORY_LIMIT_RATIO": "0.85",
         "CDC_CACHE_LOG_FORMAT": "json",
+        "CDC_CACHE_SNAPSHOT_DIR": "/var/lib/cdc-cache",
+        "CDC_CACHE_SNAPSHOT_INTERVAL": "10m",
+        "CDC_CACHE_SNAPSHOT_KEEP": "2",
+        "CDC_CACHE_SNAPSHOT_MAX_AGE": "12h",
         "CDC_CACHE_KAFKA_QUEUED_MAX_MESSAGES_KBYTES": "16384",
     }
     assert sidecar(docs)[0]["args"] == ["serve"]
@@ -664,7 +672,8 @@ def test_tls_ca_and_client_certificate_come_from_separate_secrets(render):
     assert env["CDC_CACHE_KAFKA_SSL_KEY_PASSWORD"] == {
         "secretKeyRef": {"name": "orders-reader", "key": "user.password"}}
     assert container["volumeMounts"] == [
-        {"name": "cdc-cache-tls", "mountPath": "/etc/cdc-cache/tls", "readOnly": True}]
+        {"name": "cdc-cache-tls", "mountPath": "/etc/cdc-cache/tls", "readOnly": True},
+        {"name": "cdc-cache-snapshots", "mountPath": "/var/lib/cdc-cache"}]
     projected = volume(docs, "cdc-cache-tls")["projected"]
     assert projected["defaultMode"] == 0o444
     assert projected["sources"] == [
@@ -714,7 +723,7 @@ def test_extra_volumes_mounts_and_env_from_reach_the_sidecar(render):
         "extraEnvFrom": [{"secretRef": {"name": "orders-kafka-env"}}],
     }))
     container, _ = sidecar(docs)
-    assert [m["name"] for m in container["volumeMounts"]] == ["keytab", "oauth-token"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["cdc-cache-snapshots", "keytab", "oauth-token"]
     assert container["envFrom"] == [{"secretRef": {"name": "orders-kafka-env"}}]
     names = [v["name"] for v in pod_spec(docs)["volumes"]]
     assert "keytab" in names and "oauth-token" in names
@@ -764,14 +773,162 @@ def test_no_socket_settings_on_tcp(render):
     docs = render(BASE)
     env = env_of(sidecar(docs)[0])
     assert "CDC_CACHE_GRPC_SOCKET_MODE" not in env
-    assert [v["name"] for v in pod_spec(docs)["volumes"]] == ["app-tmp"]
+    assert [v["name"] for v in pod_spec(docs)["volumes"]] == ["app-tmp", "cdc-cache-snapshots"]
 
 
 def test_no_volumes_when_none_are_needed(render):
-    docs = render(merge(BASE, {"app": {"tmpDir": {"enabled": False}}}))
+    docs = render(merge(BASE, NO_SNAPSHOTS, {"app": {"tmpDir": {"enabled": False}}}))
     assert "volumes" not in pod_spec(docs)
     assert "volumeMounts" not in sidecar(docs)[0]
     assert "volumeMounts" not in app_container(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots: an emptyDir for warm starts after a restart of the sidecar in its pod
+# ---------------------------------------------------------------------------------------------
+
+
+def test_snapshots_are_on_by_default_in_a_writable_volume_of_the_sidecar(render):
+    docs = render(BASE)
+    container, _ = sidecar(docs)
+    env = env_of(container)
+    assert {k: v for k, v in env.items() if k.startswith("CDC_CACHE_SNAPSHOT_")} == {
+        "CDC_CACHE_SNAPSHOT_DIR": "/var/lib/cdc-cache",
+        "CDC_CACHE_SNAPSHOT_INTERVAL": "10m",
+        "CDC_CACHE_SNAPSHOT_KEEP": "2",
+        "CDC_CACHE_SNAPSHOT_MAX_AGE": "12h",
+    }
+    # Mounted writable (no readOnly) while the root filesystem stays read-only.
+    assert container["volumeMounts"] == [{"name": "cdc-cache-snapshots", "mountPath": "/var/lib/cdc-cache"}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # On node disk with a size limit; the app never sees it.
+    assert volume(docs, "cdc-cache-snapshots") == {"name": "cdc-cache-snapshots", "emptyDir": {"sizeLimit": "2Gi"}}
+    assert all(m["name"] != "cdc-cache-snapshots" for m in app_container(docs).get("volumeMounts", []))
+    # The grace period leaves room for the final snapshot.
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] >= 10 + 12 + SNAPSHOT_ALLOWANCE
+
+
+def test_snapshot_values_reach_env_and_volume(render):
+    docs = render(merge(BASE, {"snapshots": {
+        "interval": "5m", "keep": 3, "maxAge": "6h", "sizeLimit": "5Gi", "medium": "Memory"}}))
+    env = env_of(sidecar(docs)[0])
+    assert (env["CDC_CACHE_SNAPSHOT_INTERVAL"], env["CDC_CACHE_SNAPSHOT_KEEP"], env["CDC_CACHE_SNAPSHOT_MAX_AGE"]) == (
+        "5m", "3", "6h")
+    assert volume(docs, "cdc-cache-snapshots")["emptyDir"] == {"medium": "Memory", "sizeLimit": "5Gi"}
+    # No size limit asked: a plain emptyDir.
+    docs = render(merge(BASE, {"snapshots": {"sizeLimit": ""}}))
+    assert volume(docs, "cdc-cache-snapshots")["emptyDir"] == {}
+    # Only at shutdown.
+    docs = render(merge(BASE, {"snapshots": {"interval": "0s"}}))
+    assert env_of(sidecar(docs)[0])["CDC_CACHE_SNAPSHOT_INTERVAL"] == "0s"
+
+
+@pytest.mark.parametrize("mode", [{}, CLASSIC, UNIX])
+def test_snapshots_off_render_no_volume_mount_or_env(render, mode):
+    docs = render(merge(BASE, mode, NO_SNAPSHOTS))
+    container, _ = sidecar(docs)
+    assert not [k for k in env_of(container) if k.startswith("CDC_CACHE_SNAPSHOT")]
+    assert all(m["name"] != "cdc-cache-snapshots" for m in container.get("volumeMounts", []))
+    assert all(v["name"] != "cdc-cache-snapshots" for v in pod_spec(docs).get("volumes", []))
+
+
+def test_snapshot_allowance_joins_the_shortest_grace_period(render, refuse):
+    # Classic: 15 s + 10 s + 12 s, and 10 s for the final snapshot only while snapshots are on.
+    render(merge(BASE, CLASSIC, NO_SNAPSHOTS, {"terminationGracePeriodSeconds": 37}))
+    stderr = refuse(merge(BASE, CLASSIC, NO_SNAPSHOTS, {"terminationGracePeriodSeconds": 36}))
+    assert "37.0 s" in stderr and "shutdownAllowance" not in stderr, stderr
+    render(merge(BASE, CLASSIC, {"terminationGracePeriodSeconds": 47}))
+    # Large tables: a few seconds per GB.
+    stderr = refuse(merge(BASE, {"snapshots": {"shutdownAllowance": "1m"}, "terminationGracePeriodSeconds": 60}))
+    assert "snapshots.shutdownAllowance 1m (the final snapshot) = 82.0 s" in stderr, stderr
+    render(merge(BASE, {"snapshots": {"shutdownAllowance": "1m"}, "terminationGracePeriodSeconds": 82}))
+
+
+def test_snapshot_volume_and_directory_follow_the_instance_name(render):
+    docs = render(merge(BASE, {"instanceName": "prices-cache"}))
+    container, _ = sidecar(docs, "prices-cache")
+    assert env_of(container)["CDC_CACHE_SNAPSHOT_DIR"] == "/var/lib/prices-cache"
+    assert {"name": "prices-cache-snapshots", "mountPath": "/var/lib/prices-cache"} in container["volumeMounts"]
+    assert volume(docs, "prices-cache-snapshots")["emptyDir"] == {"sizeLimit": "2Gi"}
+
+
+def test_release_scoped_snapshot_alert_follows_the_snapshot_interval(render, tmp_path):
+    """3 intervals (never below the file's 30 minutes), run through promtool at a 20-minute interval."""
+    original = next(r for r in rules_file()["groups"][0]["rules"] if r["alert"] == "CdcCacheSnapshotsStale")
+
+    def stale_rule(values):
+        docs = render(merge(BASE, MONITORING, values), release="orders")
+        groups = one(docs, "PrometheusRule")["spec"]["groups"]
+        return groups, next(r for g in groups for r in g["rules"] if r["alert"] == "CdcCacheSnapshotsStale")
+
+    for interval, threshold, window in [("10m", 1800, "30m"), ("1m", 1800, "30m"), ("0s", 1800, "30m"),
+                                        ("25m", 4500, "75m"), ("1h", 10800, "180m")]:
+        _, rule = stale_rule({"snapshots": {"interval": interval}})
+        expected = original["expr"].replace("> 1800\n", f"> {threshold}\n").replace("[30m]", f"[{window}]")
+        assert rule["expr"].replace('job="shop/orders-cdc-cache", ', "").replace('{job="shop/orders-cdc-cache"}', "") \
+            == expected, (interval, rule["expr"])
+        assert rule["for"] == "30m" and rule["annotations"] == original["annotations"]
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not on PATH; run scripts/test, which installs it")
+    groups, _ = stale_rule({"snapshots": {"interval": "20m"}})
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": groups}))
+    labels = 'namespace="shop",container="cdc-cache",table="orders"'
+    job = "shop/orders-cdc-cache"
+    def expected(pod):
+        labels = {"namespace": "shop", "pod": pod, "container": "cdc-cache", "table": "orders"}
+        annotations = {}
+        for key, text in original["annotations"].items():
+            for name, value in labels.items():
+                text = text.replace("{{ $labels.%s }}" % name, value)
+            annotations[key] = text
+        return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
+
+    # Written at 20m and 40m, then never again: older than 3 x 20m from 101m, fires at 131m. The
+    # same series of another release never fires here.
+    stopped = "_x19 1200x19 2400x140"
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cdc_cache_snapshot_last_write_timestamp_seconds{{job="{job}",pod="orders-0",{labels}}}',
+             "values": stopped},
+            {"series": f'cdc_cache_snapshot_last_write_timestamp_seconds{{job="shop/payments-cdc-cache",pod="payments-0",{labels}}}',
+             "values": stopped},
+            # Failing every 20 minutes: an error within every 60-minute window once the second came.
+            {"series": f'cdc_cache_snapshot_writes_total{{job="{job}",pod="orders-1",outcome="error",{labels}}}',
+             "values": "_x19 " + " ".join(f"{i}x19" for i in range(1, 8))},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "65m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": []},
+            {"eval_time": "75m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": [expected("orders-1")]},
+            {"eval_time": "125m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": [expected("orders-1")]},
+            {"eval_time": "135m", "alertname": "CdcCacheSnapshotsStale",
+             "exp_alerts": [expected("orders-0"), expected("orders-1")]},
+        ],
+    }]}
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_file_passes_its_promtool_unit_tests():
+    """files/cdc-cache-alerts.test.yaml: every alert fires where it should and stays quiet elsewhere."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not on PATH; run scripts/test, which installs it")
+    files = CHART / "files"
+    check = subprocess.run([promtool, "check", "rules", "cdc-cache-alerts.rules.yaml"], cwd=files,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = subprocess.run([promtool, "test", "rules", "cdc-cache-alerts.test.yaml"], cwd=files,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {r["alert"] for r in rules_file()["groups"][0]["rules"]}
+    tested = set(re.findall(r"alertname: (\w+)", (files / "cdc-cache-alerts.test.yaml").read_text()))
+    assert alerts <= tested, f"alerts without unit tests: {sorted(alerts - tested)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1239,6 +1396,15 @@ def test_monitoring_only_release_installs_the_cluster_objects_once(render):
     ({"monitoring": {"podMonitor": {"enable": True}}}, ["/monitoring/podMonitor", "enable"]),
     ({"resources": {"limit": {"memory": "1Gi"}}}, ["/resources", "limit"]),
     ({"extraVolumes": [{"secret": {"secretName": "x"}}]}, ["/extraVolumes/0", "name"]),
+    ({"snapshots": {"enable": False}}, ["/snapshots", "enable"]),
+    ({"snapshots": {"enabled": "false"}}, ["/snapshots/enabled", "want boolean"]),
+    ({"snapshots": {"interval": "10 minutes"}}, ["/snapshots/interval"]),
+    ({"snapshots": {"maxAge": 3600}}, ["/snapshots/maxAge", "want string"]),
+    ({"snapshots": {"keep": 0}}, ["/snapshots/keep", "minimum"]),
+    ({"snapshots": {"sizeLimit": "lots"}}, ["/snapshots/sizeLimit"]),
+    ({"snapshots": {"medium": "memory"}}, ["/snapshots/medium"]),
+    ({"snapshots": {"shutdownAllowance": "a while"}}, ["/snapshots/shutdownAllowance"]),
+    ({"snapshots": {"url": "s3://bucket/"}}, ["/snapshots", "url"]),
 ])
 def test_schema_refuses_bad_values_naming_them(refuse, override, expected):
     stderr = refuse(merge(BASE, override))
@@ -1269,6 +1435,11 @@ def test_schema_refuses_bad_values_naming_them(refuse, override, expected):
     ({"grpcListen": "unix:/tmp/cdc.sock"}, "set grpcListen: unix"),
     ({"app": {"image": ""}}, "app.image"),
     ({"inject": {"appContainers": ["orders"]}}, 'no app container named "orders"'),
+    ({"snapshots": {"interval": "12h"}}, "snapshots.interval 12h is not shorter than snapshots.maxAge 12h"),
+    ({"snapshots": {"interval": "2h", "maxAge": "90m"}}, "every snapshot would be too old to load"),
+    ({"extraVolumes": [{"name": "data", "emptyDir": {}}],
+      "extraVolumeMounts": [{"name": "data", "mountPath": "/var/lib/cdc-cache/"}]},
+     "extraVolumeMounts: /var/lib/cdc-cache is the snapshot directory"),
 ])
 def test_templates_refuse_what_the_schema_cannot_express(refuse, override, expected):
     assert expected in refuse(merge(BASE, override))
@@ -1306,8 +1477,8 @@ def test_parent_chart_injects_the_sidecar_with_one_helper(render, example_chart)
     spec = pod_spec(docs)
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False
-    assert spec["terminationGracePeriodSeconds"] == 45
-    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-tls"]
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-tls", "cdc-cache-snapshots"]
     metadata = deployment["spec"]["template"]["metadata"]
     assert metadata["labels"]["cdc-cache/cdc-cache"] == "shop"
     assert metadata["annotations"]["kubectl.kubernetes.io/default-container"] == "orders-app"
@@ -1445,7 +1616,7 @@ def test_inject_merges_into_an_existing_pod_and_keeps_what_it_has(parent):
         assert env_of(app)["CDC_CACHE_ADDR"] == "unix:/var/run/cdc-cache/grpc.sock"
         assert {"name": "cdc-cache-socket", "mountPath": "/var/run/cdc-cache"} in app["volumeMounts"]
     assert env_of(app_container(docs, "shop"))["LOG"] == "info"
-    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-socket"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "cdc-cache-socket", "cdc-cache-snapshots"]
     # The pod's own settings win where they suffice.
     assert spec["securityContext"] == {"runAsUser": 10001, "fsGroup": 3000}
     assert spec["terminationGracePeriodSeconds"] == 60
@@ -1480,6 +1651,8 @@ def test_inject_classic_places_the_sidecar_before_the_first_app_container(parent
 @pytest.mark.parametrize("change, expected", [
     (lambda pod: pod["spec"]["volumes"].append({"name": "cdc-cache-socket", "emptyDir": {}}),
      "already has a volume named cdc-cache-socket"),
+    (lambda pod: pod["spec"]["volumes"].append({"name": "cdc-cache-snapshots", "emptyDir": {}}),
+     "already has a volume named cdc-cache-snapshots"),
     (lambda pod: pod["spec"]["containers"].append({"name": "cdc-cache", "image": "x"}),
      "already has a container named cdc-cache"),
     (lambda pod: pod["spec"]["containers"][0]["volumeMounts"].append(
@@ -1544,11 +1717,23 @@ def test_two_copies_in_one_pod_keep_every_name_apart(parent, native):
     if native:
         assert env["ORDERS_CACHE_ADDR"] == "unix:/var/run/orders-cache/grpc.sock"
         assert env["PRICES_CACHE_ADDR"] == "unix:/var/run/prices-cache/grpc.sock"
-        assert [v["name"] for v in spec["volumes"]] == ["tmp", "orders-cache-socket", "prices-cache-socket"]
+        assert [v["name"] for v in spec["volumes"]] == [
+            "tmp", "orders-cache-socket", "orders-cache-snapshots", "prices-cache-socket", "prices-cache-snapshots"]
     else:
         assert (env["ORDERS_CACHE_ADDR"], env["PRICES_CACHE_ADDR"]) == ("127.0.0.1:50051", "127.0.0.1:50052")
         # Both classic sidecars come before the app, so both hold it.
         assert [c["name"] for c in spec["containers"]] == ["orders-cache", "prices-cache", "shop", "worker"]
+        assert [v["name"] for v in spec["volumes"]] == ["tmp", "orders-cache-snapshots", "prices-cache-snapshots"]
+    # Each copy keeps its snapshots in a volume and directory of its own, mounted in itself only.
+    snapshot_mounts = {c["name"]: [m for m in c["volumeMounts"] if m["name"].endswith("-snapshots")] for c in caches}
+    assert snapshot_mounts == {
+        "orders-cache": [{"name": "orders-cache-snapshots", "mountPath": "/var/lib/orders-cache"}],
+        "prices-cache": [{"name": "prices-cache-snapshots", "mountPath": "/var/lib/prices-cache"}],
+    }
+    assert {c["name"]: env_of(c)["CDC_CACHE_SNAPSHOT_DIR"] for c in caches} == {
+        "orders-cache": "/var/lib/orders-cache", "prices-cache": "/var/lib/prices-cache"}
+    assert not any(m["name"].endswith("-snapshots") for c in spec["containers"] if c["name"] in ("shop", "worker")
+                   for m in c.get("volumeMounts", []))
     labels = pod_template(docs)["metadata"]["labels"]
     assert labels["cdc-cache/orders-cache"] == labels["cdc-cache/prices-cache"] == "shop"
     # Monitoring and policy objects: one per copy, distinctly named, each scraping its own port.
@@ -1667,6 +1852,8 @@ spec:
   containers:
     - name: shop
       image: shop:1
+  volumes:
+    {{- include "cdc-cache.volumes" $cdc | nindent 4 }}
 """
 
 

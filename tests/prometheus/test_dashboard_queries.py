@@ -494,6 +494,7 @@ def test_rules_file_has_the_documented_alerts():
         "CdcCacheMemoryNearLimit",
         "CdcCacheLoadingStopped",
         "CdcCacheTableProblem",
+        "CdcCacheSnapshotsStale",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name

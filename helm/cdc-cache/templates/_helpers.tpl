@@ -201,13 +201,34 @@ Context: dict "replicas" <n> "strategy" <the Deployment's strategy>.
 {{- end -}}
 {{- end -}}
 
-{{/* The shortest terminationGracePeriodSeconds the sidecar needs, in milliseconds. */}}
+{{/*
+The shortest terminationGracePeriodSeconds the sidecar needs, in milliseconds: shutdownDelay
+(classic) + shutdownGrace + 12 s (ingest stops within 10 s, the admin port within 2 s) +
+snapshots.shutdownAllowance (the final snapshot, written after ingest stopped).
+*/}}
 {{- define "cdc-cache.shutdownNeedMs" -}}
 {{- $need := add (include "cdc-cache.durationMs" .Values.shutdownGrace | atoi) 12000 -}}
 {{- if not .Values.nativeSidecar -}}
 {{- $need = add $need (include "cdc-cache.durationMs" .Values.shutdownDelay | atoi) -}}
 {{- end -}}
+{{- if include "cdc-cache.snapshotDir" . -}}
+{{- $need = add $need (include "cdc-cache.durationMs" .Values.snapshots.shutdownAllowance | atoi) -}}
+{{- end -}}
 {{- $need -}}
+{{- end -}}
+
+{{/* The grace-period need spelled out for error messages: "shutdownGrace 10s + 12 s (...) ...". */}}
+{{- define "cdc-cache.shutdownNeedText" -}}
+{{- $parts := list -}}
+{{- if not .Values.nativeSidecar -}}
+{{- $parts = append $parts (printf "shutdownDelay %s" .Values.shutdownDelay) -}}
+{{- end -}}
+{{- $parts = append $parts (printf "shutdownGrace %s" .Values.shutdownGrace) -}}
+{{- $parts = append $parts "12 s (consumers and admin port)" -}}
+{{- if include "cdc-cache.snapshotDir" . -}}
+{{- $parts = append $parts (printf "snapshots.shutdownAllowance %s (the final snapshot)" .Values.snapshots.shutdownAllowance) -}}
+{{- end -}}
+{{- printf "%s = %.1f s" (join " + " $parts) (divf (include "cdc-cache.shutdownNeedMs" . | atoi) 1000) -}}
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
@@ -301,6 +322,22 @@ The gRPC address and the unix socket
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
+Snapshots
+------------------------------------------------------------------------------------------- */}}
+
+{{/*
+Where the sidecar writes and reads its snapshots (an emptyDir of its own, <instanceName>-snapshots),
+or nothing when snapshots are off. Fixed per instance, so two copies in one pod never share it.
+*/}}
+{{- define "cdc-cache.snapshotDir" -}}
+{{- with .Values.snapshots -}}
+{{- if .enabled -}}
+{{ printf "/var/lib/%s" (include "cdc-cache.instanceName" $) }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
 Checks the schema cannot express. Called by cdc-cache.container, so every mode checks the same way.
 ------------------------------------------------------------------------------------------- */}}
 {{- define "cdc-cache.validate" -}}
@@ -359,6 +396,19 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
 {{- end -}}
 {{- end -}}
 {{- include "cdc-cache.validateBindAddress" . -}}
+{{- with include "cdc-cache.snapshotDir" . -}}
+{{- $dir := . -}}
+{{- $interval := include "cdc-cache.durationMs" $v.snapshots.interval | atoi -}}
+{{- $maxAge := include "cdc-cache.durationMs" $v.snapshots.maxAge | atoi -}}
+{{- if and (gt $interval 0) (ge $interval $maxAge) -}}
+{{- fail (printf "snapshots.interval %s is not shorter than snapshots.maxAge %s: every snapshot would be too old to load by the time the next one is written" $v.snapshots.interval $v.snapshots.maxAge) -}}
+{{- end -}}
+{{- range $v.extraVolumeMounts -}}
+{{- if eq (clean (toString .mountPath)) $dir -}}
+{{- fail (printf "extraVolumeMounts: %s is the snapshot directory (snapshots.enabled); mount elsewhere, or set snapshots.enabled: false" $dir) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if hasPrefix "unix:" (toString $v.grpcListen) -}}
 {{- fail (printf "grpcListen %s: set grpcListen: unix; the socket then lives at /var/run/%s/grpc.sock, in a volume of its own shared with the app (a path of your choosing could hide a directory the app needs, such as /tmp)" $v.grpcListen (include "cdc-cache.instanceName" .)) -}}
 {{- end -}}
@@ -464,6 +514,7 @@ belongs in initContainers; otherwise in containers, before the app.
 {{- $port := int $v.admin.port -}}
 {{- $tlsOptions := include "cdc-cache.tlsOptions" . | fromYaml -}}
 {{- $socketDir := include "cdc-cache.socketDir" . -}}
+{{- $snapshotDir := include "cdc-cache.snapshotDir" . -}}
 {{- $budget := include "cdc-cache.startupBudgetSeconds" . -}}
 - name: {{ include "cdc-cache.instanceName" . }}
   image: {{ include "cdc-cache.image" . | quote }}
@@ -518,6 +569,17 @@ belongs in initContainers; otherwise in containers, before the app.
       value: {{ $v.memoryLimitRatio | toString | quote }}
     - name: CDC_CACHE_LOG_FORMAT
       value: {{ $v.logFormat | quote }}
+    {{- with $snapshotDir }}
+    # Warm starts: snapshots in the pod's emptyDir, loaded when the sidecar restarts in this pod.
+    - name: CDC_CACHE_SNAPSHOT_DIR
+      value: {{ . | quote }}
+    - name: CDC_CACHE_SNAPSHOT_INTERVAL
+      value: {{ $v.snapshots.interval | quote }}
+    - name: CDC_CACHE_SNAPSHOT_KEEP
+      value: {{ $v.snapshots.keep | int64 | toString | quote }}
+    - name: CDC_CACHE_SNAPSHOT_MAX_AGE
+      value: {{ $v.snapshots.maxAge | quote }}
+    {{- end }}
     {{- with $v.logFilter }}
     - name: RUST_LOG
       value: {{ . | quote }}
@@ -593,7 +655,7 @@ belongs in initContainers; otherwise in containers, before the app.
     {{- toYaml $v.securityContext | nindent 4 }}
   # On a crash the last log lines show in `kubectl describe pod`.
   terminationMessagePolicy: FallbackToLogsOnError
-  {{- if or $v.kafka.tls.enabled $socketDir $v.extraVolumeMounts }}
+  {{- if or $v.kafka.tls.enabled $socketDir $snapshotDir $v.extraVolumeMounts }}
   volumeMounts:
     {{- if $v.kafka.tls.enabled }}
     - name: {{ include "cdc-cache.instanceName" . }}-tls
@@ -602,6 +664,11 @@ belongs in initContainers; otherwise in containers, before the app.
     {{- end }}
     {{- with $socketDir }}
     - name: {{ include "cdc-cache.instanceName" $ }}-socket
+      mountPath: {{ . }}
+    {{- end }}
+    {{- with $snapshotDir }}
+    # Writable, in the sidecar only; the root filesystem stays read-only.
+    - name: {{ include "cdc-cache.instanceName" $ }}-snapshots
       mountPath: {{ . }}
     {{- end }}
     {{- with $v.extraVolumeMounts }}
@@ -667,6 +734,24 @@ belongs in initContainers; otherwise in containers, before the app.
     medium: Memory
     sizeLimit: 1Mi
 {{- end }}
+{{- if include "cdc-cache.snapshotDir" . }}
+{{- $snapshots := .Values.snapshots }}
+# Snapshots for warm starts: they survive restarts of the sidecar container, not the pod. Disk
+# usage past sizeLimit gets the pod evicted; with medium Memory the files count against the
+# sidecar's memory limit.
+- name: {{ $name }}-snapshots
+  {{- if or $snapshots.medium $snapshots.sizeLimit }}
+  emptyDir:
+    {{- with $snapshots.medium }}
+    medium: {{ . }}
+    {{- end }}
+    {{- with $snapshots.sizeLimit }}
+    sizeLimit: {{ . | quote }}
+    {{- end }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -720,13 +805,14 @@ Takes the parent's pod template (metadata and spec, as a dict) and returns it as
     in containers right before the first app container (so holdApplicationUntilReady holds it);
   - every app container (inject.appContainers, default all): <INSTANCE_NAME>_ADDR unless set,
     and the socket mount in unix mode;
-  - the volumes (TLS, socket, extraVolumes);
+  - the volumes (TLS, socket, snapshots, extraVolumes);
   - labels: cdc-cache/<instanceName>: <release>;
   - annotations: kubectl.kubernetes.io/default-container (the first app container, unless set)
     and the mesh exclusions, merged into existing comma lists;
   - pod settings: fsGroup in unix mode (grpcSocket.fsGroup, unless the pod has one),
     terminationGracePeriodSeconds (the values' default unless set; refused when shorter than
-    the sidecar needs), enableServiceLinks: false unless set.
+    the sidecar needs, the final snapshot's allowance included), enableServiceLinks: false
+    unless set.
 Collisions (container, volume, port or mount path already in the pod) fail with the name. Call
 it once per copy of the chart, feeding one call's result (| fromYaml) to the next.
 ------------------------------------------------------------------------------------------- */}}
@@ -871,7 +957,7 @@ it once per copy of the chart, feeding one call's result (| fromYaml) to the nex
 {{- end -}}
 {{- $needMs := include "cdc-cache.shutdownNeedMs" $ctx | atoi -}}
 {{- if lt (mul (int64 $spec.terminationGracePeriodSeconds) 1000) $needMs -}}
-{{- fail (printf "terminationGracePeriodSeconds %d is shorter than the sidecar needs to stop: %s%s + 12 s (consumers and admin port) = %.1f s, plus the app's own drain" (int64 $spec.terminationGracePeriodSeconds) (ternary "" (printf "shutdownDelay %s + " $v.shutdownDelay) $v.nativeSidecar) (printf "shutdownGrace %s" $v.shutdownGrace) (divf $needMs 1000)) -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is shorter than the sidecar needs to stop: %s, plus the app's own drain" (int64 $spec.terminationGracePeriodSeconds) (include "cdc-cache.shutdownNeedText" $ctx)) -}}
 {{- end -}}
 {{- if not (hasKey $spec "enableServiceLinks") -}}
 {{- /* Service links could add CDC_CACHE_KAFKA_* variables, read by the sidecar as librdkafka options. */ -}}
