@@ -90,6 +90,9 @@ fn value_kind(value: &RawValue) -> &'static str {
 #[derive(Debug, Default)]
 pub struct KeyShapes {
     shapes: RwLock<Vec<KeyShape>>,
+    /// Fingerprints ([`skeleton`]) of keys whose shape is known: the fast path that spares most
+    /// records a JSON parse.
+    skeletons: RwLock<Vec<u64>>,
     /// Too many shapes: nothing is checked.
     unchecked: AtomicBool,
 }
@@ -105,11 +108,26 @@ impl KeyShapes {
         if self.unchecked.load(Ordering::Relaxed) {
             return;
         }
+        let fingerprint = skeleton(key);
+        if let Some(fingerprint) = fingerprint {
+            if self.knows(fingerprint) {
+                return;
+            }
+        }
         let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
-        if shapes.iter().any(|shape| shape.matches(key)) {
+        let known = shapes.iter().any(|shape| shape.matches(key));
+        drop(shapes);
+        if let Some(fingerprint) = fingerprint {
+            let mut skeletons = self.skeletons.write().unwrap_or_else(|e| e.into_inner());
+            // Keys of one shape can still differ in their fingerprint (escapes in names): keep
+            // the list short, it only speeds things up.
+            if skeletons.len() < 4 * MAX_SHAPES && !skeletons.contains(&fingerprint) {
+                skeletons.push(fingerprint);
+            }
+        }
+        if known {
             return;
         }
-        drop(shapes);
         let Some(shape) = KeyShape::of(key) else {
             return;
         };
@@ -125,9 +143,19 @@ impl KeyShapes {
         shapes.push(shape);
     }
 
+    fn knows(&self, fingerprint: u64) -> bool {
+        self.skeletons
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&fingerprint)
+    }
+
     /// For a request key that was not found: why it cannot match any stored key, when its shape
     /// is one no stored key has. None for a genuine miss, or when nothing is known.
     pub fn mismatch(&self, request_key: &[u8]) -> Option<String> {
+        if skeleton(request_key).is_some_and(|fingerprint| self.knows(fingerprint)) {
+            return None;
+        }
         if self.unchecked.load(Ordering::Relaxed) {
             return None;
         }
@@ -141,6 +169,99 @@ impl KeyShapes {
             "key has the shape {got}, but this table's keys are {}; a key matches only with the same fields and JSON types",
             expected.join(" or ")
         ))
+    }
+}
+
+/// A 64-bit fingerprint of a compact JSON key's shape (field names, escaped as written, and the
+/// kind of each value), found by scanning the bytes: no parse, no allocation. Keys are stored and
+/// asked for in compact form, so this understands only that; None for anything else, and the
+/// caller takes the parsing path.
+fn skeleton(key: &[u8]) -> Option<u64> {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let mix = |hash: u64, byte: u8| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    let kind = |byte: u8| match byte {
+        b'"' => b's',
+        b'{' => b'o',
+        b'[' => b'a',
+        b't' | b'f' => b'b',
+        b'n' => b'n',
+        _ => b'd',
+    };
+    let first = *key.first()?;
+    if first != b'{' {
+        return Some(mix(mix(FNV_OFFSET, b'!'), kind(first)));
+    }
+    let mut hash = FNV_OFFSET;
+    let mut i = 1;
+    if key.get(i) == Some(&b'}') {
+        return (key.len() == 2).then_some(hash);
+    }
+    loop {
+        if key.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_end(key, i)?;
+        for &byte in &key[i + 1..end] {
+            hash = mix(hash, byte);
+        }
+        i = end + 1;
+        if key.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        hash = mix(mix(hash, 0), kind(*key.get(i)?));
+        i = value_end(key, i)?;
+        match key.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') if i + 1 == key.len() => return Some(hash),
+            _ => return None,
+        }
+    }
+}
+
+/// The index of the quote that closes the string opening at `start`.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the compact JSON value starting at `start`.
+fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    match *bytes.get(start)? {
+        b'"' => Some(string_end(bytes, start)? + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'"' => i = string_end(bytes, i)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = bytes[start..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']'))?;
+            Some(start + len)
+        }
     }
 }
 
@@ -198,5 +319,40 @@ mod tests {
             shapes.observe(format!(r#"{{"f{i}":1}}"#).as_bytes());
         }
         assert_eq!(shapes.mismatch(br#"{"other":"x"}"#), None);
+    }
+
+    #[test]
+    fn fingerprints_follow_shapes() {
+        let same = [
+            br#"{"id":1,"region":"eu"}"#.as_slice(),
+            br#"{"id":987,"region":"a\"b"}"#,
+        ];
+        assert_eq!(skeleton(same[0]), skeleton(same[1]));
+        assert!(skeleton(same[0]).is_some());
+        for other in [
+            br#"{"id":"1","region":"eu"}"#.as_slice(),
+            br#"{"region":"eu","id":1}"#,
+            br#"{"id":1}"#,
+            br#"{"id":null,"region":"eu"}"#,
+            br#"{"id":{"a":[1,{"b":2}]},"region":"eu"}"#,
+        ] {
+            assert_ne!(
+                skeleton(same[0]),
+                skeleton(other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+            assert!(skeleton(other).is_some(), "{}", String::from_utf8_lossy(other));
+        }
+        assert_eq!(skeleton(b"42"), skeleton(b"7"));
+        assert_ne!(skeleton(b"42"), skeleton(br#""42""#));
+        for not_compact in [b"{ \"id\": 1 }".as_slice(), b"{\"id\":1", b"", b"{\"id\"1}"] {
+            assert_eq!(
+                skeleton(not_compact),
+                None,
+                "{}",
+                String::from_utf8_lossy(not_compact)
+            );
+        }
     }
 }

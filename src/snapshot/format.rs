@@ -151,27 +151,40 @@ pub fn read_metadata(input: &mut impl Read) -> Result<Metadata, SnapshotError> {
     serde_json::from_slice(&json).map_err(|e| SnapshotError::Metadata(e.to_string()))
 }
 
-/// Reads a whole snapshot, handing each record to `each` as it is decoded. The records are
-/// only trustworthy once this returns Ok: a caller that applied some must discard them on error.
+/// Reads a whole snapshot, handing each record to `each` as it is decoded (the record's buffers
+/// are reused: copy what you keep). The records are only trustworthy once this returns Ok: a
+/// caller that applied some must discard them on error.
 pub fn read(
     input: impl BufRead,
-    mut each: impl FnMut(SnapshotRecord),
+    mut each: impl FnMut(&SnapshotRecord),
 ) -> Result<(Metadata, u64), SnapshotError> {
     let mut input = input;
     let metadata = read_metadata(&mut input)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&serde_json::to_vec(&metadata).map_err(|e| SnapshotError::Metadata(e.to_string()))?);
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(input)?.single_frame();
+    // Records are read a few bytes at a time: buffer the decompressed stream, and checksum it
+    // in the buffer's chunks rather than byte by byte.
+    let decoder = zstd::stream::read::Decoder::with_buffer(input)?.single_frame();
+    let mut reader = io::BufReader::with_capacity(
+        1 << 16,
+        Checked {
+            inner: decoder,
+            crc: &mut crc,
+        },
+    );
     let mut read_count = 0u64;
-    let mut reader = Checked {
-        inner: &mut decoder,
-        crc: &mut crc,
+    let mut record = SnapshotRecord {
+        key: Vec::new(),
+        value: Vec::new(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: 0,
     };
-    while let Some(record) = read_record(&mut reader)? {
+    while read_record(&mut reader, &mut record)? {
         read_count += 1;
-        each(record);
+        each(&record);
     }
-    let mut input = decoder.finish();
+    let mut input = reader.into_inner().inner.finish();
     let mut end = [0u8; 8];
     input.read_exact(&mut end).map_err(short)?;
     if &end != END_MAGIC {
@@ -199,7 +212,7 @@ pub fn read(
 
 /// A reader that feeds every byte it yields into the checksum.
 struct Checked<'a, R> {
-    inner: &'a mut R,
+    inner: R,
     crc: &'a mut crc32fast::Hasher,
 }
 
@@ -211,52 +224,51 @@ impl<R: Read> Read for Checked<'_, R> {
     }
 }
 
-/// The next record, or None at the clean end of the records.
-fn read_record(input: &mut impl Read) -> Result<Option<SnapshotRecord>, SnapshotError> {
+/// Reads the next record into `record`; false at the clean end of the records.
+fn read_record(input: &mut impl BufRead, record: &mut SnapshotRecord) -> Result<bool, SnapshotError> {
     let Some(key_len) = read_varint(input, true)? else {
-        return Ok(None);
+        return Ok(false);
     };
-    let key = read_bytes(input, key_len)?;
-    let value_len = read_varint(input, false)?.expect("not at the end");
-    let value = read_bytes(input, value_len)?;
-    let partition = read_varint(input, false)?.expect("not at the end");
-    let offset = read_varint(input, false)?.expect("not at the end");
-    let timestamp = read_varint(input, false)?.expect("not at the end");
-    let partition =
+    read_bytes(input, key_len, &mut record.key)?;
+    let value_len = field(input)?;
+    read_bytes(input, value_len, &mut record.value)?;
+    let partition = field(input)?;
+    let offset = field(input)?;
+    let timestamp = field(input)?;
+    record.partition =
         i32::try_from(partition).map_err(|_| SnapshotError::Damaged(format!("partition {partition}")))?;
-    let offset = i64::try_from(offset).map_err(|_| SnapshotError::Damaged(format!("offset {offset}")))?;
-    Ok(Some(SnapshotRecord {
-        key,
-        value,
-        partition,
-        offset,
-        timestamp_ms: unzigzag(timestamp),
-    }))
+    record.offset = i64::try_from(offset).map_err(|_| SnapshotError::Damaged(format!("offset {offset}")))?;
+    record.timestamp_ms = unzigzag(timestamp);
+    Ok(true)
 }
 
-fn read_bytes(input: &mut impl Read, len: u64) -> Result<Vec<u8>, SnapshotError> {
+/// A number inside a record, where the end of input is damage.
+fn field(input: &mut impl BufRead) -> Result<u64, SnapshotError> {
+    read_varint(input, false)?.ok_or_else(|| SnapshotError::Damaged("a record ends early".into()))
+}
+
+fn read_bytes(input: &mut impl BufRead, len: u64, into: &mut Vec<u8>) -> Result<(), SnapshotError> {
+    into.clear();
     // A damaged length must not allocate gigabytes: read what is there, up to the length.
-    let mut bytes = Vec::with_capacity(len.min(1 << 20) as usize);
-    input.take(len).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 != len {
+    input.take(len).read_to_end(into)?;
+    if into.len() as u64 != len {
         return Err(SnapshotError::Damaged("a record ends early".into()));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// LEB128; `at_record_start`: a clean end of input there is the end of the records (None).
-fn read_varint(input: &mut impl Read, at_record_start: bool) -> Result<Option<u64>, SnapshotError> {
+fn read_varint(input: &mut impl BufRead, at_record_start: bool) -> Result<Option<u64>, SnapshotError> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let mut byte = [0u8; 1];
-        if input.read(&mut byte)? == 0 {
-            if shift == 0 && at_record_start {
-                return Ok(None);
-            }
-            return Err(SnapshotError::Damaged("a record ends early".into()));
-        }
-        value |= u64::from(byte[0] & 0x7f) << shift;
-        if byte[0] & 0x80 == 0 {
+        let byte = match input.fill_buf()?.first() {
+            Some(&byte) => byte,
+            None if shift == 0 && at_record_start => return Ok(None),
+            None => return Err(SnapshotError::Damaged("a record ends early".into())),
+        };
+        input.consume(1);
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
             return Ok(Some(value));
         }
     }
@@ -349,7 +361,7 @@ mod tests {
 
     fn read_all(bytes: &[u8]) -> Result<(Metadata, Vec<SnapshotRecord>), SnapshotError> {
         let mut got = Vec::new();
-        let (metadata, count) = read(bytes, |r| got.push(r))?;
+        let (metadata, count) = read(bytes, |r| got.push(r.clone()))?;
         assert_eq!(count as usize, got.len());
         Ok((metadata, got))
     }

@@ -226,7 +226,8 @@ mod tests {
         assert_eq!(listed[0].path, written[2].path);
         assert_eq!(listed[1].path, written[1].path);
         let mut keys = Vec::new();
-        let (metadata, count) = format::read(open(&listed[0].path).unwrap(), |r| keys.push(r.key)).unwrap();
+        let (metadata, count) =
+            format::read(open(&listed[0].path).unwrap(), |r| keys.push(r.key.clone())).unwrap();
         assert_eq!(count, 3);
         keys.sort();
         assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
