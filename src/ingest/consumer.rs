@@ -408,6 +408,7 @@ impl Worker {
             .iter()
             .map(|p| (p.partition(), (p.log_start(), p.end_offset())))
             .collect();
+        let started = Instant::now();
         let outcome = load_newest(snapshots, &self.table, &bounds, *max_age, now_ms());
         let refused = match &outcome {
             LoadOutcome::Loaded { refused, .. } | LoadOutcome::ColdStart { refused } => refused,
@@ -428,6 +429,7 @@ impl Worker {
                     path,
                     records,
                     age_s = age.as_secs(),
+                    load_ms = started.elapsed().as_millis() as u64,
                     "starting from a snapshot; reading from Kafka what happened since"
                 );
             }
