@@ -97,11 +97,7 @@ pub fn load_newest(
             refused.push(format!("{name}: {reason}"));
             continue;
         }
-        let loaded = local::open(&candidate.path).and_then(|file| {
-            format::read(file, |r| {
-                table.restore(&r.key, &r.value, r.partition, r.offset, r.timestamp_ms)
-            })
-        });
+        let loaded = local::open(&candidate.path).and_then(|file| read_into(file, table));
         match loaded {
             Ok((metadata, records)) => {
                 for p in &metadata.partitions {
@@ -124,6 +120,60 @@ pub fn load_newest(
         }
     }
     Outcome::ColdStart { refused }
+}
+
+/// Records decoded and not yet in the map: one flat buffer of keys and values, and where each
+/// record's parts are. Batches keep the hand-over between the two threads cheap.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// (key length, value length, partition, offset, timestamp), in order.
+    records: Vec<(u32, u32, i32, i64, i64)>,
+}
+
+/// Records per batch handed from the decoding thread to the inserting one.
+const BATCH_RECORDS: usize = 4096;
+
+/// Reads a snapshot into `table` on two threads: this one decompresses and checks, a scoped one
+/// inserts. The warm start of a million events took a quarter less time than with one thread
+/// doing both (before/after in BENCHMARKS.md).
+fn read_into(file: impl std::io::BufRead, table: &Table) -> Result<(Metadata, u64), format::SnapshotError> {
+    let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for batch in receive {
+                let mut at = 0;
+                for &(key_len, value_len, partition, offset, timestamp_ms) in &batch.records {
+                    let key = &batch.bytes[at..at + key_len as usize];
+                    at += key_len as usize;
+                    let value = &batch.bytes[at..at + value_len as usize];
+                    at += value_len as usize;
+                    table.restore(key, value, partition, offset, timestamp_ms);
+                }
+            }
+        });
+        let mut batch = Batch::default();
+        let result = format::read(file, |r| {
+            batch.bytes.extend_from_slice(&r.key);
+            batch.bytes.extend_from_slice(&r.value);
+            batch.records.push((
+                r.key.len() as u32,
+                r.value.len() as u32,
+                r.partition,
+                r.offset,
+                r.timestamp_ms,
+            ));
+            if batch.records.len() == BATCH_RECORDS {
+                // The inserting thread only ends when this side drops the sender.
+                let _ = send.send(std::mem::take(&mut batch));
+            }
+        });
+        if !batch.records.is_empty() {
+            let _ = send.send(batch);
+        }
+        drop(send);
+        result
+    })
 }
 
 #[cfg(test)]
