@@ -371,7 +371,9 @@ async fn debezium_topics_end_to_end() {
     let tansu = Tansu::start().await;
     let brokers = tansu.brokers();
     for topic in ["dbz.with_schema", "dbz.no_schema", "dbz.flat"] {
-        create_topic(&brokers, topic, 2, true).await;
+        // Not compacted: Tansu compacts every second here, and compaction would race the
+        // sidecar for the rows an undecodable record later supersedes (id 2 below).
+        create_topic(&brokers, topic, 2, false).await;
     }
     let key_schema =
         r#"{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"}],"optional":false}"#;
