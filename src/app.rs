@@ -56,6 +56,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                 store.clone(),
                 metrics.clone(),
                 LocalSnapshots::new(&s.dir, s.keep),
+                s.remote.clone().filter(|_| s.publish),
                 s.interval,
             )
             .map_err(AppError::GrpcThread)?,

@@ -159,6 +159,17 @@ pub struct ServeOptions {
     #[arg(long, env = "CDC_CACHE_SNAPSHOT_DIR", value_name = "DIR")]
     pub snapshot_dir: Option<std::path::PathBuf>,
 
+    /// Snapshots in object storage (s3://bucket/prefix, file:///path): a table with no usable
+    /// local snapshot downloads the newest one into --snapshot-dir. Credentials come from the
+    /// usual environment (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL, ...).
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_URL", value_name = "URL")]
+    pub snapshot_url: Option<String>,
+
+    /// Also upload every snapshot written to --snapshot-url (one publisher per table is enough;
+    /// several are safe).
+    #[arg(long, env = "CDC_CACHE_SNAPSHOT_PUBLISH")]
+    pub snapshot_publish: bool,
+
     /// How often ready tables are written to --snapshot-dir (0s: only at shutdown).
     #[arg(long, env = "CDC_CACHE_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub snapshot_interval: Duration,

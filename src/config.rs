@@ -74,13 +74,16 @@ impl FromStr for ListenAddr {
 }
 
 /// Where and how often tables are snapshotted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SnapshotConfig {
     pub dir: PathBuf,
     /// Zero: only at shutdown.
     pub interval: Duration,
     pub keep: usize,
     pub max_age: Duration,
+    /// Object storage shared by a fleet: where snapshots are downloaded from (and published to).
+    pub remote: Option<crate::snapshot::remote::RemoteSnapshots>,
+    pub publish: bool,
 }
 
 /// Everything `serve` needs, validated.
@@ -144,6 +147,12 @@ pub enum ConfigError {
     GrpcMaxMessageBytes,
     #[error("--partition-discovery-interval: must be at least 1s")]
     DiscoveryInterval,
+    #[error("--snapshot-url {value:?}: {reason}")]
+    SnapshotUrl { value: String, reason: String },
+    #[error("--snapshot-url needs --snapshot-dir: the local directory snapshots are downloaded into and written in")]
+    SnapshotUrlWithoutDir,
+    #[error("--snapshot-publish needs --snapshot-url: where to publish")]
+    SnapshotPublishWithoutUrl,
     #[error("--memory-limit-ratio {0}: expected 0 (off) or a share between 0.1 and 1")]
     MemoryLimitRatio(String),
 }
@@ -203,6 +212,35 @@ impl ServeOptions {
         if !(ratio == 0.0 || (0.1..=1.0).contains(&ratio)) {
             return Err(ConfigError::MemoryLimitRatio(ratio.to_string()));
         }
+        let remote = match &self.snapshot_url {
+            Some(url) => Some(
+                crate::snapshot::remote::RemoteSnapshots::from_url(
+                    url,
+                    self.snapshot_keep,
+                    env.iter().cloned(),
+                )
+                .map_err(|reason| ConfigError::SnapshotUrl {
+                    value: url.clone(),
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
+        if self.snapshot_publish && remote.is_none() {
+            return Err(ConfigError::SnapshotPublishWithoutUrl);
+        }
+        let snapshots = match self.snapshot_dir {
+            Some(dir) => Some(SnapshotConfig {
+                dir,
+                interval: self.snapshot_interval,
+                keep: self.snapshot_keep.max(1),
+                max_age: self.snapshot_max_age,
+                remote,
+                publish: self.snapshot_publish,
+            }),
+            None if remote.is_some() => return Err(ConfigError::SnapshotUrlWithoutDir),
+            None => None,
+        };
         let client_id = match self.client_id {
             Some(id) if id.trim().is_empty() => return Err(ConfigError::ClientId),
             Some(id) => id.trim().to_string(),
@@ -227,12 +265,7 @@ impl ServeOptions {
             on_decode_error: self.on_decode_error,
             memory_limit_ratio: ratio,
             memory_limit: self.memory_limit,
-            snapshots: self.snapshot_dir.map(|dir| SnapshotConfig {
-                dir,
-                interval: self.snapshot_interval,
-                keep: self.snapshot_keep.max(1),
-                max_age: self.snapshot_max_age,
-            }),
+            snapshots,
             deprecations,
         })
     }

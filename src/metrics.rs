@@ -261,7 +261,7 @@ impl TableMetrics {
 
     /// Where the table's bootstrap began: `snapshot-local` or `kafka` (1 for the source used).
     pub fn set_bootstrap_source(&self, source: &'static str) {
-        for candidate in ["snapshot-local", "kafka"] {
+        for candidate in ["snapshot-local", "snapshot-remote", "kafka"] {
             let labels = vec![label("table", &self.table), label("source", candidate)];
             self.recorder
                 .register_gauge(&Key::from_parts(BOOTSTRAP_SOURCE, labels), &METADATA)
@@ -427,7 +427,7 @@ fn describe(recorder: &PrometheusRecorder) {
     gauge(
         BOOTSTRAP_SOURCE,
         None,
-        "Where the table's bootstrap began: source=snapshot-local (then Kafka since the snapshot) or kafka (from the log start).",
+        "Where the table's bootstrap began: source=snapshot-local or snapshot-remote (then Kafka since the snapshot), or kafka (from the log start).",
     );
     gauge(
         BOOTSTRAP_FETCHED_BYTES,

@@ -189,3 +189,134 @@ async fn damaged_foreign_and_old_snapshots_mean_a_cold_start_with_the_reason() {
         drop(sidecar); // SIGKILL: no final snapshot replaces the damaged one
     }
 }
+
+/// An S3 server for the test: moto (PyPI) in server mode on a free port, with one bucket.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    async fn start(bucket: &str) -> S3Server {
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto server (pip install 'moto[server]'; scripts/test installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        eventually(Duration::from_secs(30), "the S3 server", || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        let script = "import boto3, sys\nboto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket=sys.argv[2])";
+        let status = std::process::Command::new("python3")
+            .args(["-c", script, &endpoint, bucket])
+            .status()
+            .unwrap();
+        assert!(status.success(), "could not create the bucket");
+        S3Server { child, endpoint }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A rollout: one sidecar publishes snapshots to S3; new sidecars on empty disks start from the
+/// published snapshot while updates keep coming, and each ends equal to the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sidecars_start_from_a_published_snapshot_while_updates_continue() {
+    let tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "fleet", 3, true).await;
+    send(&brokers, "fleet", &rows(0, 2000, "first"));
+    let s3 = S3Server::start("snaps").await;
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let publisher_dir = tempfile::tempdir().unwrap();
+    let publisher = Sidecar::spawn_with_env(
+        &brokers,
+        &[
+            "--topic",
+            "fleet",
+            "--snapshot-dir",
+            publisher_dir.path().to_str().unwrap(),
+            "--snapshot-url",
+            "s3://snaps/prod/orders-app",
+            "--snapshot-publish",
+            "--snapshot-interval",
+            "1s",
+        ],
+        &env,
+    );
+    let mut client = publisher.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    eventually(Duration::from_secs(30), "a published snapshot", || {
+        let log = publisher.log();
+        async move { log.contains("snapshot published").then_some(()) }
+    })
+    .await;
+
+    // Updates keep coming while the new pods start.
+    let writer = {
+        let brokers = brokers.clone();
+        std::thread::spawn(move || {
+            for batch in 0..10 {
+                send(
+                    &brokers,
+                    "fleet",
+                    &rows(2000 + batch * 50, 2050 + batch * 50, "rollout"),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let readers: Vec<Sidecar> = dirs
+        .iter()
+        .map(|dir| {
+            Sidecar::spawn_with_env(
+                &brokers,
+                &[
+                    "--topic",
+                    "fleet",
+                    "--snapshot-dir",
+                    dir.path().to_str().unwrap(),
+                    "--snapshot-url",
+                    "s3://snaps/prod/orders-app",
+                ],
+                &env,
+            )
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let truth = topic_contents(&brokers, "fleet", 3);
+    for reader in &readers {
+        let client = reader.client().await;
+        wait_cache_is(&client, "", &truth, READY_TIMEOUT).await;
+        let metrics = scrape(reader).await;
+        assert!(
+            metrics.contains(r#"cdc_cache_bootstrap_source{table="fleet",source="snapshot-remote"} 1"#),
+            "{metrics}\n{}",
+            reader.log()
+        );
+    }
+}

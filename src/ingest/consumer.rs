@@ -32,6 +32,7 @@ use crate::format::{self, DecodeError, Format};
 use crate::metrics::{Metrics, TableMetrics};
 use crate::snapshot::load::{load_newest, Outcome as LoadOutcome};
 use crate::snapshot::local::LocalSnapshots;
+use crate::snapshot::remote::RemoteSnapshots;
 use crate::store::{Applied, Change, PartitionState, Store, Table};
 
 /// How long one poll waits for a record; also how quickly a shutdown request is noticed.
@@ -142,10 +143,11 @@ pub fn start(
             next_discovery: Instant::now(),
             fetch_failing_since: None,
             paused: false,
-            snapshots: config
-                .snapshots
-                .as_ref()
-                .map(|s| (LocalSnapshots::new(&s.dir, s.keep), s.max_age)),
+            snapshots: config.snapshots.as_ref().map(|s| WarmStart {
+                local: LocalSnapshots::new(&s.dir, s.keep),
+                remote: s.remote.clone(),
+                max_age: s.max_age,
+            }),
             decode_log: RateLimit::new(LOG_INTERVAL),
             error_log: RateLimit::new(LOG_INTERVAL),
         });
@@ -219,7 +221,7 @@ struct Worker {
     /// Loading stopped (memory near the limit): partitions paused, nothing more is applied.
     paused: bool,
     /// Where to look for a snapshot to start from, and the oldest one to accept.
-    snapshots: Option<(LocalSnapshots, Duration)>,
+    snapshots: Option<WarmStart>,
     decode_log: RateLimit,
     error_log: RateLimit,
 }
@@ -398,10 +400,22 @@ impl Worker {
     /// Starts from the newest usable snapshot, if snapshots are on: its records go into the map
     /// and its positions into the partitions, so only what happened since is read from Kafka.
     fn warm_start(&self) {
-        let Some((snapshots, max_age)) = &self.snapshots else {
+        let Some(warm) = &self.snapshots else {
             self.metrics.set_bootstrap_source("kafka");
             return;
         };
+        // The newest snapshot in object storage comes into the local directory first; the
+        // loader then weighs it like any local one (the newest usable wins).
+        let downloaded = warm.remote.as_ref().and_then(|remote| {
+            match remote.download_newest(self.table.name(), &warm.local) {
+                Ok(path) => path,
+                Err(error) => {
+                    self.metrics.record_snapshot_load("refused");
+                    warn!(table = self.table.name(), url = remote.url(), %error, "cannot download a snapshot; trying local ones");
+                    None
+                }
+            }
+        });
         let bounds = self
             .table
             .partitions()
@@ -409,7 +423,7 @@ impl Worker {
             .map(|p| (p.partition(), (p.log_start(), p.end_offset())))
             .collect();
         let started = Instant::now();
-        let outcome = load_newest(snapshots, &self.table, &bounds, *max_age, now_ms());
+        let outcome = load_newest(&warm.local, &self.table, &bounds, warm.max_age, now_ms());
         let refused = match &outcome {
             LoadOutcome::Loaded { refused, .. } | LoadOutcome::ColdStart { refused } => refused,
         };
@@ -423,7 +437,12 @@ impl Worker {
             } => {
                 self.metrics.record_snapshot_load("loaded");
                 self.metrics.set_snapshot_loaded_age(age);
-                self.metrics.set_bootstrap_source("snapshot-local");
+                let remote = downloaded.is_some_and(|d| d.display().to_string() == path);
+                self.metrics.set_bootstrap_source(if remote {
+                    "snapshot-remote"
+                } else {
+                    "snapshot-local"
+                });
                 info!(
                     table = self.table.name(),
                     path,
@@ -904,6 +923,14 @@ impl Worker {
         }
         self.cancel.is_cancelled()
     }
+}
+
+/// Where a table may start warm from.
+struct WarmStart {
+    local: LocalSnapshots,
+    remote: Option<RemoteSnapshots>,
+    /// The oldest snapshot to accept.
+    max_age: Duration,
 }
 
 /// A record taken off the consumer, decoded.

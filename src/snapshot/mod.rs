@@ -5,4 +5,5 @@
 pub mod format;
 pub mod load;
 pub mod local;
+pub mod remote;
 pub mod writer;

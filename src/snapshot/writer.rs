@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::local::LocalSnapshots;
+use super::remote::RemoteSnapshots;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -24,6 +25,7 @@ impl SnapshotWriter {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         snapshots: LocalSnapshots,
+        publish: Option<RemoteSnapshots>,
         interval: Duration,
     ) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
@@ -34,11 +36,11 @@ impl SnapshotWriter {
                 while !stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(100));
                     if !interval.is_zero() && Instant::now() >= next {
-                        write_all(&store, &metrics, &snapshots);
+                        write_all(&store, &metrics, &snapshots, publish.as_ref());
                         next = Instant::now() + interval;
                     }
                 }
-                write_all(&store, &metrics, &snapshots);
+                write_all(&store, &metrics, &snapshots, publish.as_ref());
             }
         })?;
         Ok(Self {
@@ -57,7 +59,12 @@ impl SnapshotWriter {
 }
 
 /// Snapshots every ready table; a table not ready yet has nothing worth keeping.
-fn write_all(store: &Store, metrics: &Metrics, snapshots: &LocalSnapshots) {
+fn write_all(
+    store: &Store,
+    metrics: &Metrics,
+    snapshots: &LocalSnapshots,
+    publish: Option<&RemoteSnapshots>,
+) {
     for table in store.tables().iter().filter(|t| t.is_ready()) {
         let table_metrics = metrics.table(table.name());
         match snapshots.write(table) {
@@ -71,6 +78,15 @@ fn write_all(store: &Store, metrics: &Metrics, snapshots: &LocalSnapshots) {
                     ms = written.duration.as_millis() as u64,
                     "snapshot written"
                 );
+                if let Some(remote) = publish {
+                    match remote.publish(table.name(), &written.path) {
+                        Ok(()) => info!(table = table.name(), url = remote.url(), "snapshot published"),
+                        Err(error) => {
+                            table_metrics.record_snapshot_failed();
+                            warn!(table = table.name(), url = remote.url(), %error, "cannot publish a snapshot");
+                        }
+                    }
+                }
             }
             Err(error) => {
                 table_metrics.record_snapshot_failed();

@@ -559,6 +559,11 @@ pub struct Sidecar {
 impl Sidecar {
     /// Runs `cdc-cache serve --brokers BROKERS ARGS...` with free ports.
     pub fn spawn(brokers: &str, args: &[&str]) -> Sidecar {
+        Self::spawn_with_env(brokers, args, &[])
+    }
+
+    /// As [`Sidecar::spawn`], with more environment variables.
+    pub fn spawn_with_env(brokers: &str, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
         let grpc = format!("127.0.0.1:{}", free_port());
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -567,6 +572,7 @@ impl Sidecar {
             .args(["--admin-listen", &admin.to_string()])
             .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
