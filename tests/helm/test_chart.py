@@ -832,6 +832,72 @@ def test_snapshots_off_render_no_volume_mount_or_env(render, mode):
     assert all(v["name"] != "cdc-cache-snapshots" for v in pod_spec(docs).get("volumes", []))
 
 
+REMOTE = {"snapshots": {"remote": {
+    "url": "s3://orders-snapshots/prod",
+    "publish": True,
+    "credentialsSecret": "orders-snapshots-s3",
+    "env": {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio.storage:9000", "AWS_ALLOW_HTTP": True},
+}}}
+
+
+def test_remote_snapshots_are_off_by_default(render):
+    for values in (BASE, merge(BASE, NO_SNAPSHOTS)):
+        container, _ = sidecar(render(values))
+        env = env_of(container)
+        assert "CDC_CACHE_SNAPSHOT_URL" not in env and "CDC_CACHE_SNAPSHOT_PUBLISH" not in env
+        assert not [k for k in env if k.startswith(("AWS_", "GOOGLE_", "AZURE_"))]
+        assert "envFrom" not in container
+
+
+@pytest.mark.parametrize("mode", [{}, CLASSIC, UNIX])
+def test_remote_snapshot_url_publish_and_env_reach_the_sidecar(render, mode):
+    docs = render(merge(BASE, mode, REMOTE))
+    container, _ = sidecar(docs)
+    env = env_of(container)
+    assert env["CDC_CACHE_SNAPSHOT_DIR"] == "/var/lib/cdc-cache"
+    assert env["CDC_CACHE_SNAPSHOT_URL"] == "s3://orders-snapshots/prod"
+    assert env["CDC_CACHE_SNAPSHOT_PUBLISH"] == "true"
+    assert (env["AWS_REGION"], env["AWS_ENDPOINT_URL"], env["AWS_ALLOW_HTTP"]) == (
+        "eu-west-1", "http://minio.storage:9000", "true")
+    # A reader: no publish, no Secret (the service account's web identity instead).
+    docs = render(merge(BASE, {"snapshots": {"remote": {"url": "gs://orders-snapshots"}}}))
+    container, _ = sidecar(docs)
+    env = env_of(container)
+    assert env["CDC_CACHE_SNAPSHOT_URL"] == "gs://orders-snapshots"
+    assert "CDC_CACHE_SNAPSHOT_PUBLISH" not in env and "envFrom" not in container
+
+
+def test_remote_snapshot_credentials_come_from_a_secret_for_the_sidecar_only(render):
+    docs = render(merge(BASE, REMOTE, {"extraEnvFrom": [{"secretRef": {"name": "orders-kafka-env"}}]}))
+    container, _ = sidecar(docs)
+    assert container["envFrom"] == [
+        {"secretRef": {"name": "orders-snapshots-s3"}}, {"secretRef": {"name": "orders-kafka-env"}}]
+    spec = pod_spec(docs)
+    others = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] != "cdc-cache"]
+    assert others
+    for c in others:
+        assert "orders-snapshots-s3" not in json.dumps(c), c["name"]
+        assert not [e for e in c.get("env", []) if e["name"].startswith("AWS_")], c["name"]
+
+
+def test_remote_snapshots_without_local_snapshots_are_refused(refuse):
+    stderr = refuse(merge(BASE, NO_SNAPSHOTS, {"snapshots": {"remote": {"url": "s3://orders-snapshots/prod"}}}))
+    assert "snapshots.remote.url s3://orders-snapshots/prod needs snapshots.enabled: true" in stderr, stderr
+
+
+@pytest.mark.parametrize("remote, message", [
+    ({"publish": True}, "need snapshots.remote.url"),
+    ({"credentialsSecret": "orders-snapshots-s3"}, "need snapshots.remote.url"),
+    ({"url": "s3://b/p", "env": {"CDC_CACHE_SNAPSHOT_KEEP": "5"}}, "snapshots.remote.env.CDC_CACHE_SNAPSHOT_KEEP"),
+    ({"url": "orders-snapshots"}, "/snapshots/remote/url"),
+    ({"url": "s3://b/p", "region": "eu-west-1"}, "region"),
+    ({"url": "s3://b/p", "env": {"AWS REGION": "eu-west-1"}}, "invalid propertyName 'AWS REGION'"),
+])
+def test_remote_snapshot_mistakes_are_refused(refuse, remote, message):
+    stderr = refuse(merge(BASE, {"snapshots": {"remote": remote}}))
+    assert message in stderr, stderr
+
+
 def test_snapshot_allowance_joins_the_shortest_grace_period(render, refuse):
     # Classic: 15 s + 10 s + 12 s, and 10 s for the final snapshot only while snapshots are on.
     render(merge(BASE, CLASSIC, NO_SNAPSHOTS, {"terminationGracePeriodSeconds": 37}))

@@ -409,6 +409,19 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- with $v.snapshots.remote -}}
+{{- if and .url (not $v.snapshots.enabled) -}}
+{{- fail (printf "snapshots.remote.url %s needs snapshots.enabled: true (the sidecar downloads into, and publishes from, its local snapshot directory)" .url) -}}
+{{- end -}}
+{{- if and (not .url) (or .publish .credentialsSecret .env) -}}
+{{- fail "snapshots.remote: publish, credentialsSecret and env need snapshots.remote.url (s3://bucket/prefix, gs://, az:// or file:///)" -}}
+{{- end -}}
+{{- range $name, $_ := .env -}}
+{{- if hasPrefix "CDC_CACHE_" $name -}}
+{{- fail (printf "snapshots.remote.env.%s: set by the chart from its own values; use snapshots.remote.url / publish" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if hasPrefix "unix:" (toString $v.grpcListen) -}}
 {{- fail (printf "grpcListen %s: set grpcListen: unix; the socket then lives at /var/run/%s/grpc.sock, in a volume of its own shared with the app (a path of your choosing could hide a directory the app needs, such as /tmp)" $v.grpcListen (include "cdc-cache.instanceName" .)) -}}
 {{- end -}}
@@ -579,6 +592,19 @@ belongs in initContainers; otherwise in containers, before the app.
       value: {{ $v.snapshots.keep | int64 | toString | quote }}
     - name: CDC_CACHE_SNAPSHOT_MAX_AGE
       value: {{ $v.snapshots.maxAge | quote }}
+    {{- with $v.snapshots.remote.url }}
+    # New pods start warm too: the newest snapshot under <url>/<table>/ is downloaded first.
+    - name: CDC_CACHE_SNAPSHOT_URL
+      value: {{ . | quote }}
+    {{- if $v.snapshots.remote.publish }}
+    - name: CDC_CACHE_SNAPSHOT_PUBLISH
+      value: "true"
+    {{- end }}
+    {{- range $name, $value := $v.snapshots.remote.env }}
+    - name: {{ $name }}
+      value: {{ $value | toString | quote }}
+    {{- end }}
+    {{- end }}
     {{- end }}
     {{- with $v.logFilter }}
     - name: RUST_LOG
@@ -605,9 +631,20 @@ belongs in initContainers; otherwise in containers, before the app.
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with $v.extraEnvFrom }}
+  {{- $credentials := "" }}
+  {{- if and $snapshotDir $v.snapshots.remote.url }}
+  {{- $credentials = $v.snapshots.remote.credentialsSecret }}
+  {{- end }}
+  {{- if or $credentials $v.extraEnvFrom }}
   envFrom:
+    {{- with $credentials }}
+    # Object storage credentials (AWS_*, GOOGLE_*, AZURE_*), for the sidecar only.
+    - secretRef:
+        name: {{ . | quote }}
+    {{- end }}
+    {{- with $v.extraEnvFrom }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
   ports:
     # Named so the PodMonitor can find it; the gRPC cache port stays on loopback and unlisted.
