@@ -320,3 +320,38 @@ async fn new_sidecars_start_from_a_published_snapshot_while_updates_continue() {
         );
     }
 }
+
+/// A partition added to the topic after the snapshot was taken is read from its beginning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_after_the_snapshot_is_read_from_its_beginning() {
+    let mut tansu = Tansu::start().await;
+    let brokers = tansu.brokers();
+    create_topic(&brokers, "grown", 2, true).await;
+    send(&brokers, "grown", &rows(0, 300, "first"));
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_string();
+    let mut writer = Sidecar::spawn(&brokers, &["--topic", "grown", "--snapshot-dir", &dir_arg]);
+    let mut client = writer.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    writer.signal("TERM");
+    assert_eq!(writer.wait(Duration::from_secs(20)).await.code(), Some(0));
+
+    tansu.stop();
+    add_partition_in_tansu_store(&tansu.db_path(), "grown", 2);
+    tansu.restart().await;
+    let added: Vec<(String, Option<String>)> = (0..50)
+        .map(|i| (format!("new-{i}"), Some(format!("p2-{i}"))))
+        .collect();
+    let records: Vec<Record> = added
+        .iter()
+        .map(|(k, v)| upsert(k.as_bytes(), v.as_deref().unwrap().as_bytes()).on_partition(2))
+        .collect();
+    produce(&brokers, "grown", &records);
+
+    let warm = Sidecar::spawn(&brokers, &["--topic", "grown", "--snapshot-dir", &dir_arg]);
+    let client = warm.client().await;
+    let truth = topic_contents(&brokers, "grown", 3);
+    assert_eq!(truth.get(&b"new-7"[..]).map(Vec::as_slice), Some(&b"p2-7"[..]));
+    wait_cache_is(&client, "", &truth, READY_TIMEOUT).await;
+    assert!(warm.log().contains("starting from a snapshot"), "{}", warm.log());
+}

@@ -556,28 +556,6 @@ async fn debezium_topics_end_to_end() {
     );
 }
 
-/// Kafka's CreatePartitions is not implemented by Tansu 0.6 (nor by librdkafka's mock), so the
-/// partition is added the way Tansu's own CreateTopics lays partitions out in its sqlite store,
-/// with the broker stopped, and the broker restarted: to the sidecar this is a broker outage
-/// after which the topic has one more partition.
-fn add_partition_in_tansu_store(db: &std::path::Path, topic: &str, partition: i32) {
-    let script = r#"
-import sqlite3, sys
-db, topic, partition = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = sqlite3.connect(db)
-c.execute("update topic set partitions = partitions + 1 where name = ?", (topic,))
-c.execute("insert into topition (topic, partition) select id, ? from topic where name = ?", (partition, topic))
-c.execute("insert into watermark (topition) select tp.id from topition tp join topic t on tp.topic = t.id "
-          "where t.name = ? and tp.partition = ?", (topic, partition))
-c.commit()
-"#;
-    let status = std::process::Command::new("python3")
-        .args(["-c", script, db.to_str().unwrap(), topic, &partition.to_string()])
-        .status()
-        .expect("python3");
-    assert!(status.success(), "could not add a partition to the Tansu store");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_added_while_running_is_read_from_its_beginning() {
     if needs_own_broker("partition_added_while_running_is_read_from_its_beginning") {

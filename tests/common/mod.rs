@@ -410,6 +410,28 @@ pub fn edit_tansu_store(db: &Path, script: &str, args: &[&str]) {
     assert!(status.success(), "could not edit the Tansu store");
 }
 
+/// Kafka's CreatePartitions is not implemented by Tansu 0.6 (nor by librdkafka's mock), so the
+/// partition is added the way Tansu's own CreateTopics lays partitions out in its sqlite store,
+/// with the broker stopped, and the broker restarted: to the sidecar this is a broker outage
+/// after which the topic has one more partition.
+pub fn add_partition_in_tansu_store(db: &std::path::Path, topic: &str, partition: i32) {
+    let script = r#"
+import sqlite3, sys
+db, topic, partition = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = sqlite3.connect(db)
+c.execute("update topic set partitions = partitions + 1 where name = ?", (topic,))
+c.execute("insert into topition (topic, partition) select id, ? from topic where name = ?", (partition, topic))
+c.execute("insert into watermark (topition) select tp.id from topition tp join topic t on tp.topic = t.id "
+          "where t.name = ? and tp.partition = ?", (topic, partition))
+c.commit()
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap(), topic, &partition.to_string()])
+        .status()
+        .expect("python3");
+    assert!(status.success(), "could not add a partition to the Tansu store");
+}
+
 /// Minimal HTTP/1.0 GET: returns the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
