@@ -18,14 +18,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A reset needs the truncation grace (10 s) plus a fetch and a re-read.
 const RESET_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn scrape_value(scrape: &str, series_prefix: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|line| line.starts_with(series_prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `cdc_cache_partition_resets_total` for `reason`, summed over partitions.
 async fn resets(sidecar: &Sidecar, reason: &str) -> f64 {
     let (_, scrape) = http_get(sidecar.admin, "/metrics").await;
@@ -38,15 +30,11 @@ async fn resets(sidecar: &Sidecar, reason: &str) -> f64 {
         .sum()
 }
 
-fn records<'a>(pairs: &'a [(String, Option<String>)]) -> Vec<Record<'a>> {
-    pairs
-        .iter()
-        .map(|(k, v)| Record {
-            key: k.as_bytes(),
-            value: v.as_deref().map(str::as_bytes),
-            partition: Some(0),
-            timestamp: None,
-        })
+/// The rows as records on partition 0.
+fn records(rows: &[(String, Option<String>)]) -> Vec<Record<'_>> {
+    rows_as_records(rows)
+        .into_iter()
+        .map(|r| r.on_partition(0))
         .collect()
 }
 
@@ -245,7 +233,7 @@ async fn a_deleted_topic_keeps_the_sidecar_up_and_a_recreated_one_is_read_anew()
         "{scrape}"
     );
     assert_eq!(
-        scrape_value(&scrape, "cdc_cache_table_problem{table=\"recreated\"}"),
+        sample(&scrape, "cdc_cache_table_problem{table=\"recreated\"}").unwrap_or(0.0),
         1.0
     );
 
@@ -283,10 +271,12 @@ async fn a_mistyped_topic_says_so() {
     );
     let (_, scrape) = http_get(sidecar.admin, "/metrics").await;
     assert!(
-        scrape_value(
+        sample(
             &scrape,
             "cdc_cache_kafka_errors_total{table=\"no.such.topic\",code=\"UNKNOWN_TOPIC_OR_PARTITION\"}"
-        ) >= 1.0,
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{scrape}"
     );
 }

@@ -13,13 +13,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, Producer};
 
-/// The value of the series `name{labels}` exactly as rendered, if present.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 fn promtool_check(scrape: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

@@ -23,16 +23,7 @@ fn rows(from: u32, to: u32, generation: &str) -> Vec<(String, Option<String>)> {
 }
 
 fn send(brokers: &str, topic: &str, rows: &[(String, Option<String>)]) {
-    let records: Vec<Record> = rows
-        .iter()
-        .map(|(k, v)| Record {
-            key: k.as_bytes(),
-            value: v.as_deref().map(str::as_bytes),
-            partition: None,
-            timestamp: None,
-        })
-        .collect();
-    produce(brokers, topic, &records);
+    produce(brokers, topic, &rows_as_records(rows));
 }
 
 async fn scrape(sidecar: &Sidecar) -> String {
@@ -104,12 +95,7 @@ async fn a_sidecar_killed_mid_tail_starts_warm_and_equals_a_cold_start() {
     assert!(cold_metrics.contains(r#"cdc_cache_bootstrap_source{table="warm",source="kafka"} 1"#));
     // The warm start fetched only what came after the snapshot (a fifth of the records here;
     // Tansu answers with whole batches and repeats some, so the bytes are not a fifth).
-    let fetched = |m: &str| -> f64 {
-        m.lines()
-            .find(|l| l.starts_with(r#"cdc_cache_bootstrap_fetched_bytes{table="warm"}"#))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let fetched = |m: &str| sample(m, r#"cdc_cache_bootstrap_fetched_bytes{table="warm"}"#).unwrap_or(0.0);
     let (warm_bytes, cold_bytes) = (fetched(&metrics), fetched(&cold_metrics));
     assert!(
         cold_bytes > 0.0 && warm_bytes < cold_bytes * 0.75,

@@ -449,16 +449,7 @@ async fn debezium_topics_end_to_end() {
         ("dbz.no_schema", &no_schema),
         ("dbz.flat", &flat),
     ] {
-        let records: Vec<Record> = records
-            .iter()
-            .map(|(k, v)| Record {
-                key: k.as_bytes(),
-                value: v.as_deref().map(str::as_bytes),
-                partition: None,
-                timestamp: None,
-            })
-            .collect();
-        produce(&brokers, topic, &records);
+        produce(&brokers, topic, &rows_as_records(records));
     }
 
     let sidecar = Sidecar::spawn(

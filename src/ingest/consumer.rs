@@ -141,7 +141,6 @@ pub fn start(
             topic_missing: false,
             missing_sightings: 0,
             next_discovery: Instant::now(),
-            fetch_failing_since: None,
             paused: false,
             snapshots: config.snapshots.as_ref().map(|s| WarmStart {
                 local: LocalSnapshots::new(&s.dir, s.keep),
@@ -216,8 +215,6 @@ struct Worker {
     missing_sightings: u32,
     /// When the next discovery pass runs; errors that say the topic is gone bring it forward.
     next_discovery: Instant,
-    /// Fetches have been failing since then (cleared by the next record or end of partition).
-    fetch_failing_since: Option<Instant>,
     /// Loading stopped (memory near the limit): partitions paused, nothing more is applied.
     paused: bool,
     /// Where to look for a snapshot to start from, and the oldest one to accept.
@@ -274,7 +271,7 @@ impl Worker {
                 next_log_check = now + LOG_CHECK_INTERVAL;
             }
             if now >= next_reseek {
-                if self.fetch_failing_since.is_some() {
+                if self.table.fetch_failing() {
                     self.reseek();
                 }
                 next_reseek = now + RESEEK_INTERVAL;
@@ -562,7 +559,7 @@ impl Worker {
     /// A record or an end of partition: fetches work.
     fn made_progress(&mut self) {
         self.table.note_broker_contact(now_ms());
-        if self.fetch_failing_since.take().is_some() {
+        if self.table.fetch_failing() {
             self.table.set_fetch_failing(false);
             self.table.set_problem(None);
             info!(table = self.table.name(), "fetching again");
@@ -601,10 +598,9 @@ impl Worker {
     /// Status says why, and the partitions are sought again every few seconds until a record or
     /// an end of partition proves fetching works again.
     fn note_fetch_failure(&mut self, code: RDKafkaErrorCode) {
-        if self.fetch_failing_since.is_some() {
+        if self.table.fetch_failing() {
             return;
         }
-        self.fetch_failing_since = Some(Instant::now());
         self.table.set_fetch_failing(true);
         self.table.set_problem(Some(format!(
             "fetching topic {} fails: {} ({code})",
@@ -847,7 +843,6 @@ impl Worker {
         if !self.topic_missing {
             self.topic_missing = true;
             // Nothing can be fetched now, whatever the connection says.
-            self.fetch_failing_since.get_or_insert_with(Instant::now);
             self.table.set_fetch_failing(true);
             self.metrics
                 .record_kafka_error(RDKafkaErrorCode::UnknownTopicOrPartition);

@@ -228,6 +228,11 @@ impl Table {
         }
     }
 
+    /// Fetches fail (cleared by the next record or end of partition).
+    pub fn fetch_failing(&self) -> bool {
+        self.fetch_failing.load(Ordering::Relaxed)
+    }
+
     pub fn set_fetch_failing(&self, failing: bool) {
         self.fetch_failing.store(failing, Ordering::Relaxed);
     }
@@ -340,10 +345,12 @@ impl Table {
                         Applied::Upserted
                     }
                     dashmap::Entry::Vacant(entry) => {
-                        let deleted_later = self
-                            .bootstrap_deletes
-                            .get(key.as_slice())
-                            .is_some_and(|delete| delete.1 != incoming.1 && newer(*delete, incoming));
+                        // Deletes are remembered only until ready: skip the lookup afterwards.
+                        let deleted_later = !self.is_ready()
+                            && self
+                                .bootstrap_deletes
+                                .get(key.as_slice())
+                                .is_some_and(|delete| delete.1 != incoming.1 && newer(*delete, incoming));
                         if deleted_later {
                             self.key_conflicts.fetch_add(1, Ordering::Relaxed);
                             drop(entry);

@@ -210,6 +210,25 @@ impl<'a> Record<'a> {
     }
 }
 
+/// `(key, value or None for a tombstone)` rows as records on the default partitioner.
+pub fn rows_as_records(rows: &[(String, Option<String>)]) -> Vec<Record<'_>> {
+    rows.iter()
+        .map(|(key, value)| Record {
+            key: key.as_bytes(),
+            value: value.as_deref().map(str::as_bytes),
+            partition: None,
+            timestamp: None,
+        })
+        .collect()
+}
+
+/// The value of the series `name{labels}` exactly as rendered on `/metrics`, if present.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn producer(brokers: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
