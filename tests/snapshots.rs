@@ -81,7 +81,7 @@ async fn a_sidecar_killed_mid_tail_starts_warm_and_equals_a_cold_start() {
     let truth = topic_contents(&brokers, "warm", 3);
     wait_cache_is(&warm_client, "", &truth, READY_TIMEOUT).await;
     wait_cache_is(&cold_client, "", &truth, READY_TIMEOUT).await;
-    assert!(warm.log().contains("starting from a snapshot"), "{}", warm.log());
+    assert!(warm.log().contains("started from a snapshot"), "{}", warm.log());
     let metrics = scrape(&warm).await;
     assert!(
         metrics.contains(r#"cdc_cache_bootstrap_source{table="warm",source="snapshot-local"} 1"#),
@@ -155,8 +155,17 @@ async fn damaged_foreign_and_old_snapshots_mean_a_cold_start_with_the_reason() {
         let mut args: Vec<&str> = args;
         args.extend(["--snapshot-dir", &dir_arg, "--snapshot-interval", "0s"]);
         let sidecar = Sidecar::spawn(&brokers, &args);
-        let client = sidecar.client().await;
+        let mut client = sidecar.client().await;
         let truth = topic_contents(&brokers, topic, 1);
+        // Ready means complete: a damaged snapshot's positions (fetching from them began while
+        // it loaded) must not make the partition look caught up.
+        let ready = wait_ready(&mut client, READY_TIMEOUT).await;
+        assert_eq!(
+            ready.tables[0].entries,
+            truth.len() as u64,
+            "{case}: {}",
+            sidecar.log()
+        );
         wait_cache_is(&client, "orders", &truth, READY_TIMEOUT).await;
         let log = sidecar.log();
         assert!(
@@ -339,5 +348,5 @@ async fn a_partition_added_after_the_snapshot_is_read_from_its_beginning() {
     let truth = topic_contents(&brokers, "grown", 3);
     assert_eq!(truth.get(&b"new-7"[..]).map(Vec::as_slice), Some(&b"p2-7"[..]));
     wait_cache_is(&client, "", &truth, READY_TIMEOUT).await;
-    assert!(warm.log().contains("starting from a snapshot"), "{}", warm.log());
+    assert!(warm.log().contains("started from a snapshot"), "{}", warm.log());
 }

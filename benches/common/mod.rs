@@ -55,6 +55,8 @@ impl Sidecar {
     /// As [`Sidecar::start`], with more flags.
     pub fn start_with(brokers: &str, topic: &str, grpc: String, extra: &[&str]) -> Sidecar {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // BENCH_SIDECAR_LOGS=1 shows the sidecars' info logs (where the time goes) on stderr.
+        let show_logs = std::env::var_os("BENCH_SIDECAR_LOGS").is_some();
         let child = Command::new(env!("CARGO_BIN_EXE_cdc-cache"))
             .args([
                 "serve",
@@ -67,9 +69,13 @@ impl Sidecar {
             ])
             .args(["--admin-listen", &admin.to_string()])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if show_logs { "info" } else { "warn" })
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if show_logs {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let sidecar = Sidecar {

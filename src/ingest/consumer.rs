@@ -229,16 +229,21 @@ impl Worker {
             return Ok(()); // cancelled before the broker answered
         };
         self.table.set_initial_partitions(initial);
-        self.warm_start();
         let ids: Vec<i32> = self.table.partitions().iter().map(|p| p.partition()).collect();
-        info!(
-            table = self.table.name(),
-            topic = self.table.topic(),
-            partitions = ids.len(),
-            records = self.table.progress().total,
-            "reading topic from the beginning"
-        );
-        self.assign(&ids)?;
+        if !self.warm_start(&ids)? {
+            info!(
+                table = self.table.name(),
+                topic = self.table.topic(),
+                partitions = ids.len(),
+                "reading topic from the beginning"
+            );
+            self.assign(&ids, false)
+                .map_err(|source| self.assign_error(source))?;
+        }
+        for &id in &ids {
+            let state = self.table.partition(id).expect("registered before assignment");
+            self.partitions.insert(id, state);
+        }
 
         self.next_discovery = Instant::now() + self.discovery_interval;
         let mut next_log_check = Instant::now() + LOG_CHECK_INTERVAL;
@@ -377,29 +382,33 @@ impl Worker {
         Ok(found.partitions().iter().map(|p| p.id()).collect())
     }
 
-    fn assign(&mut self, ids: &[i32]) -> Result<(), IngestError> {
+    /// Assigns `ids` at their partitions' positions, replacing an earlier assignment of them
+    /// if `again` (a snapshot that proved damaged after fetching from its positions began).
+    fn assign(&self, ids: &[i32], again: bool) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
         for &id in ids {
             let state = self.table.partition(id).expect("registered before assignment");
             // Start at the log start captured with the end offset, or where a snapshot left the
             // partition; a log start that moves on before the first fetch is a reset like any
             // other (log_check).
-            assignment
-                .add_partition_offset(self.table.topic(), id, Offset::Offset(state.position()))
-                .map_err(|source| self.assign_error(source))?;
-            self.partitions.insert(id, state);
+            assignment.add_partition_offset(self.table.topic(), id, Offset::Offset(state.position()))?;
         }
-        self.consumer
-            .incremental_assign(&assignment)
-            .map_err(|source| self.assign_error(source))
+        if again {
+            // Fetches from the old positions stop, and what they queued is dropped.
+            self.consumer.incremental_unassign(&assignment)?;
+        }
+        self.consumer.incremental_assign(&assignment)
     }
 
     /// Starts from the newest usable snapshot, if snapshots are on: its records go into the map
     /// and its positions into the partitions, so only what happened since is read from Kafka.
-    fn warm_start(&self) {
+    /// The partitions are assigned as soon as a snapshot's positions are known, so librdkafka
+    /// connects and fetches what happened since while the records load. Returns whether the
+    /// partitions are assigned (false: a cold start, not assigned yet).
+    fn warm_start(&self, ids: &[i32]) -> Result<bool, IngestError> {
         let Some(warm) = &self.snapshots else {
             self.metrics.set_bootstrap_source("kafka");
-            return;
+            return Ok(false);
         };
         // The newest snapshot in object storage comes into the local directory first; the
         // loader then weighs it like any local one (the newest usable wins).
@@ -420,7 +429,22 @@ impl Worker {
             .map(|p| (p.partition(), (p.log_start(), p.end_offset())))
             .collect();
         let started = Instant::now();
-        let outcome = load_newest(&warm.local, &self.table, &bounds, warm.max_age, now_ms());
+        let mut assigned = false;
+        let mut assign_failed = None;
+        let outcome = load_newest(
+            &warm.local,
+            &self.table,
+            &bounds,
+            warm.max_age,
+            now_ms(),
+            || match self.assign(ids, assigned) {
+                Ok(()) => assigned = true,
+                Err(error) => assign_failed = Some(error),
+            },
+        );
+        if let Some(error) = assign_failed {
+            return Err(self.assign_error(error));
+        }
         let refused = match &outcome {
             LoadOutcome::Loaded { refused, .. } | LoadOutcome::ColdStart { refused } => refused,
         };
@@ -446,10 +470,24 @@ impl Worker {
                     records,
                     age_s = age.as_secs(),
                     load_ms = started.elapsed().as_millis() as u64,
-                    "starting from a snapshot; reading from Kafka what happened since"
+                    "started from a snapshot; reading from Kafka what happened since"
                 );
+                Ok(true)
             }
-            LoadOutcome::ColdStart { .. } => self.metrics.set_bootstrap_source("kafka"),
+            LoadOutcome::ColdStart { .. } => {
+                self.metrics.set_bootstrap_source("kafka");
+                if assigned {
+                    // Every candidate proved damaged: back to the log start.
+                    info!(
+                        table = self.table.name(),
+                        topic = self.table.topic(),
+                        "reading topic from the beginning"
+                    );
+                    self.assign(ids, true)
+                        .map_err(|source| self.assign_error(source))?;
+                }
+                Ok(assigned)
+            }
         }
     }
 

@@ -75,13 +75,20 @@ pub fn check(
 }
 
 /// Loads the newest usable snapshot of `table` into it and restores its partitions' positions;
-/// the partitions must be registered and not yet assigned.
+/// the partitions must be registered.
+///
+/// `positioned` is called once a candidate's positions are in the partitions and before its
+/// records are read, so the caller can start fetching from Kafka while the records load (the
+/// fetch then overlaps the load instead of following it). If the candidate turns out damaged,
+/// the positions go back to the log start and the next candidate calls it again; after a cold
+/// start the partitions are at their log start.
 pub fn load_newest(
     snapshots: &LocalSnapshots,
     table: &Table,
     bounds: &BTreeMap<i32, (i64, i64)>,
     max_age: Duration,
     now_ms: i64,
+    mut positioned: impl FnMut(),
 ) -> Outcome {
     let mut refused = Vec::new();
     for candidate in snapshots.candidates(table.name()) {
@@ -97,14 +104,21 @@ pub fn load_newest(
             refused.push(format!("{name}: {reason}"));
             continue;
         }
-        let loaded = local::open(&candidate.path).and_then(|file| read_into(file, table));
-        match loaded {
+        let file = match local::open(&candidate.path) {
+            Ok(file) => file,
+            Err(e) => {
+                refused.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for p in &metadata.partitions {
+            if let Some(state) = table.partition(p.partition) {
+                state.restore_position(p.position);
+            }
+        }
+        positioned();
+        match read_into(file, table) {
             Ok((metadata, records)) => {
-                for p in &metadata.partitions {
-                    if let Some(state) = table.partition(p.partition) {
-                        state.restore_position(p.position);
-                    }
-                }
                 return Outcome::Loaded {
                     path: name,
                     age: Duration::from_millis(now_ms.saturating_sub(metadata.created_at_ms).max(0) as u64),
@@ -115,6 +129,9 @@ pub fn load_newest(
             Err(e) => {
                 // Records read before the damage was found are not trusted.
                 table.clear();
+                for state in table.partitions() {
+                    state.restore_position(state.log_start());
+                }
                 refused.push(format!("{name}: {e}"));
             }
         }
@@ -259,6 +276,7 @@ mod tests {
         std::fs::write(&newer.path, &bytes[..bytes.len() - 7]).unwrap();
 
         let bounds = BTreeMap::from([(0, (0, 20))]);
+        let mut positioned = 0;
         let restored = table("orders");
         let outcome = load_newest(
             &snapshots,
@@ -266,6 +284,7 @@ mod tests {
             &bounds,
             Duration::from_secs(60),
             crate::clock::now_ms(),
+            || positioned += 1,
         );
         let Outcome::Loaded {
             path,
@@ -281,6 +300,7 @@ mod tests {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(restored.len(), 20);
         assert_eq!(restored.partition(0).unwrap().position(), 20);
+        assert_eq!(positioned, 2, "the damaged candidate and the one loaded");
 
         // Both damaged: a cold start, with both reasons, and nothing half-loaded.
         let bytes = std::fs::read(&older.path).unwrap();
@@ -292,6 +312,7 @@ mod tests {
             &bounds,
             Duration::from_secs(60),
             crate::clock::now_ms(),
+            || positioned += 1,
         );
         assert!(
             matches!(&outcome, Outcome::ColdStart { refused } if refused.len() == 2),
@@ -299,5 +320,7 @@ mod tests {
         );
         assert!(cold.is_empty());
         assert_eq!(cold.partition(0).unwrap().position(), 0);
+        // The older one is cut inside its metadata: refused before its positions are used.
+        assert_eq!(positioned, 3, "{outcome:?}");
     }
 }

@@ -104,7 +104,8 @@ impl PartitionState {
     }
 
     /// Starts at a snapshot's position instead of the log start (everything below it is in the
-    /// map already). Only before the partition is assigned.
+    /// map already), or back at the log start when the snapshot proves damaged. Only before any
+    /// record of the partition is applied.
     pub fn restore_position(&self, position: i64) {
         self.position.store(position, Ordering::Release);
         self.high_watermark.fetch_max(position, Ordering::Relaxed);
