@@ -319,6 +319,8 @@ def test_chart_lints_strictly(values_file):
         merge(BASE, SASL, MONITORING),
         merge(BASE, TLS, CLASSIC, UNIX),
         merge(BASE, {"networkPolicy": {"enabled": True}, "standalone": {"service": {"enabled": True}}}),
+        merge(BASE, SASL, MONITORING, {"snapshots": {"remote": {"url": "s3://orders-snapshots/prod"}},
+                                       "publisher": {"enabled": True}}),
     ):
         result = helm("lint", "--strict", CHART, "--values", values_file(values))
         assert "0 chart(s) failed" in result.stdout, result.stdout
@@ -995,6 +997,354 @@ def test_alert_file_passes_its_promtool_unit_tests():
     alerts = {r["alert"] for r in rules_file()["groups"][0]["rules"]}
     tested = set(re.findall(r"alertname: (\w+)", (files / "cdc-cache-alerts.test.yaml").read_text()))
     assert alerts <= tested, f"alerts without unit tests: {sorted(alerts - tested)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The snapshot publisher: a Deployment of the cache container alone, uploading to object storage
+# ---------------------------------------------------------------------------------------------
+
+PUBLISHER = {"publisher": {"enabled": True}}
+# The app pods' side: they download, never publish (snapshots.remote.publish left at its default).
+READER = {"snapshots": {"remote": {
+    "url": "s3://orders-snapshots/prod",
+    "credentialsSecret": "orders-snapshots-s3",
+    "env": {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio.storage:9000"},
+}}}
+PUBLISHER_COMPONENT = ("app.kubernetes.io/component", "snapshot-publisher")
+
+
+def is_publisher(doc):
+    labels = doc["metadata"].get("labels", {})
+    return doc["kind"] == "Deployment" and labels.get(PUBLISHER_COMPONENT[0]) == PUBLISHER_COMPONENT[1]
+
+
+def publisher_deployment(docs):
+    found = [d for d in docs if is_publisher(d)]
+    assert len(found) == 1, f"expected one publisher Deployment, got {len(found)}"
+    return found[0]
+
+
+def without_publisher(docs):
+    """The documents but the publisher, so the app pod's accessors (one Deployment) apply."""
+    return [d for d in docs if not is_publisher(d)]
+
+
+def publisher_container(docs):
+    spec = publisher_deployment(docs)["spec"]["template"]["spec"]
+    assert "initContainers" not in spec
+    [container] = spec["containers"]
+    return container
+
+
+def matches(selector, labels):
+    return selector.items() <= labels.items()
+
+
+def test_publisher_is_off_by_default(render):
+    for values in (BASE, merge(BASE, READER)):
+        docs = render(values)
+        assert not [d for d in docs if is_publisher(d)]
+        assert [d["metadata"]["name"] for d in kinds(docs, "Deployment")] == ["r1-cdc-cache"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["publisher"]["enabled"] is False and values["snapshots"]["remote"]["publish"] is False
+
+
+@pytest.mark.parametrize("mode", [{}, CLASSIC, UNIX, merge(CLASSIC, UNIX)])
+def test_sidecar_is_unchanged_with_the_publisher_on(render, mode):
+    """Turning the publisher on adds a Deployment and changes nothing in the app's: its sidecars only read."""
+    off = render(merge(BASE, SASL, mode, READER))
+    on = render(merge(BASE, SASL, mode, READER, PUBLISHER))
+    assert without_publisher(on) == off
+    container, _ = sidecar(without_publisher(on))
+    env = env_of(container)
+    assert env["CDC_CACHE_SNAPSHOT_URL"] == "s3://orders-snapshots/prod"
+    assert "CDC_CACHE_SNAPSHOT_PUBLISH" not in env
+    # Publishing from the app pods as well stays possible, when asked for explicitly.
+    docs = render(merge(BASE, mode, READER, PUBLISHER, {"snapshots": {"remote": {"publish": True}}}))
+    assert env_of(sidecar(without_publisher(docs))[0])["CDC_CACHE_SNAPSHOT_PUBLISH"] == "true"
+    assert env_of(publisher_container(docs))["CDC_CACHE_SNAPSHOT_PUBLISH"] == "true"
+
+
+@pytest.mark.parametrize("extra", [SASL, TLS], ids=["sasl", "tls"])
+def test_publisher_runs_the_sidecars_container_publishing_to_the_url(render, extra):
+    docs = render(merge(BASE, extra, READER, PUBLISHER, {"extraEnvFrom": [{"secretRef": {"name": "orders-kafka-env"}}]}))
+    deployment = publisher_deployment(docs)
+    assert deployment["metadata"]["name"] == "r1-cdc-cache-publisher"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["progressDeadlineSeconds"] == BUDGET + 600
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = publisher_container(docs)
+    app_side, _ = sidecar(without_publisher(docs))
+
+    # The same Kafka, topics, TLS, SASL, snapshot and storage settings as the sidecar, plus publishing.
+    env = env_of(container)
+    assert env == {**env_of(app_side), "CDC_CACHE_SNAPSHOT_PUBLISH": "true"}
+    assert env["CDC_CACHE_SNAPSHOT_URL"] == "s3://orders-snapshots/prod"
+    assert env["CDC_CACHE_TOPICS"] == "dbz.public.orders=orders:debezium,customers"
+    assert env["CDC_CACHE_SNAPSHOT_DIR"] == "/var/lib/cdc-cache" and env["CDC_CACHE_SNAPSHOT_INTERVAL"] == "10m"
+    assert env["AWS_REGION"] == "eu-west-1"
+    # Nobody calls it: gRPC on loopback only; the admin port, named as the PodMonitor expects, is its only port.
+    assert env["CDC_CACHE_GRPC_LISTEN"] == "127.0.0.1:50051"
+    assert container["ports"] == [{"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    # Object storage credentials from the Secret, for this container.
+    assert container["envFrom"] == app_side["envFrom"] == [
+        {"secretRef": {"name": "orders-snapshots-s3"}}, {"secretRef": {"name": "orders-kafka-env"}}]
+    for item in container["env"]:
+        if re.search("PASSWORD|SECRET", item["name"]):
+            assert "secretKeyRef" in item["valueFrom"], item
+
+    # Probes as the sidecar's, the startup probe (the bootstrap budget) included; no wait hook.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe] == app_side[probe], probe
+    assert "lifecycle" not in container and "restartPolicy" not in container
+    for key in ("image", "imagePullPolicy", "args", "securityContext", "resources", "volumeMounts"):
+        assert container[key] == app_side[key], key
+
+    # The pod: the same volumes, ServiceAccount and hardening as the app pod.
+    spec = deployment["spec"]["template"]["spec"]
+    app_spec = pod_spec(without_publisher(docs))
+    assert spec["volumes"] == [v for v in app_spec["volumes"] if v["name"].startswith("cdc-cache-")]
+    assert {"name": "cdc-cache-snapshots", "emptyDir": {"sizeLimit": "2Gi"}} in spec["volumes"]
+    assert spec["serviceAccountName"] == app_spec["serviceAccountName"] == "r1-cdc-cache"
+    assert one(docs, "ServiceAccount")["metadata"]["name"] == "r1-cdc-cache"
+    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    assert spec["securityContext"] == app_spec["securityContext"]
+    # No app to wait for: shutdownGrace + 12 s + the final snapshot's allowance.
+    assert spec["terminationGracePeriodSeconds"] == 10 + 12 + SNAPSHOT_ALLOWANCE
+
+
+def test_publisher_in_classic_unix_mode_listens_on_loopback_tcp_without_a_delay(render):
+    docs = render(merge(BASE, CLASSIC, UNIX, READER, PUBLISHER))
+    container = publisher_container(docs)
+    env = env_of(container)
+    assert env["CDC_CACHE_GRPC_LISTEN"] == "127.0.0.1:50051"
+    assert "CDC_CACHE_GRPC_SOCKET_MODE" not in env and "CDC_CACHE_SHUTDOWN_DELAY" not in env
+    assert "startupProbe" in container and "lifecycle" not in container
+    spec = publisher_deployment(docs)["spec"]["template"]["spec"]
+    assert [v["name"] for v in spec["volumes"]] == ["cdc-cache-snapshots"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["cdc-cache-snapshots"]
+    assert spec["terminationGracePeriodSeconds"] == 10 + 12 + SNAPSHOT_ALLOWANCE
+    # The app's sidecar keeps its socket, delay and hold.
+    app_env = env_of(sidecar(without_publisher(docs))[0])
+    assert app_env["CDC_CACHE_GRPC_LISTEN"] == "unix:/var/run/cdc-cache/grpc.sock"
+    assert app_env["CDC_CACHE_SHUTDOWN_DELAY"] == "15s"
+
+
+def test_publisher_values_reach_its_deployment_and_pod(render):
+    docs = render(merge(BASE, READER, {"mesh": {"excludePorts": "istio"}}, {"publisher": {
+        "enabled": True,
+        "replicas": 2,
+        "interval": "5m",
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1280Mi"}},
+        "terminationGracePeriodSeconds": 90,
+        "annotations": {"secret.reloader.stakater.com/reload": "orders-reader"},
+        "podAnnotations": {"example.com/team": "orders"},
+        "podLabels": {"team": "orders"},
+        "nodeSelector": {"node-role/batch": "true"},
+        "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 1, "preference": {"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}}]}},
+    }}))
+    deployment = publisher_deployment(docs)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["metadata"]["annotations"] == {"secret.reloader.stakater.com/reload": "orders-reader"}
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "orders"
+    assert template["metadata"]["annotations"] == {
+        "example.com/team": "orders",
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "9092",
+        "traffic.sidecar.istio.io/excludeInboundPorts": str(ADMIN_PORT),
+    }
+    spec = template["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 90
+    assert spec["nodeSelector"] == {"node-role/batch": "true"}
+    assert spec["tolerations"][0]["key"] == "batch"
+    assert spec["affinity"]["nodeAffinity"]
+    container = publisher_container(docs)
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1280Mi"}}
+    assert env_of(container)["CDC_CACHE_SNAPSHOT_INTERVAL"] == "5m"
+    # The app pod keeps its own settings.
+    app = without_publisher(docs)
+    assert env_of(sidecar(app)[0])["CDC_CACHE_SNAPSHOT_INTERVAL"] == "10m"
+    assert sidecar(app)[0]["resources"]["limits"] == {"memory": "640Mi"}
+    assert "nodeSelector" not in pod_spec(app) and "team" not in pod_template(app)["metadata"]["labels"]
+
+
+def test_publisher_alone_in_a_release_without_the_app(values_file):
+    """standalone.enabled: false (a release of its own, or a parent chart): the publisher still renders."""
+    values = merge(BASE, READER, PUBLISHER, {"standalone": {"enabled": False}, "app": {"image": ""},
+                                             "serviceAccount": {"annotations": {
+                                                 "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/orders"}}})
+    # Native sidecars are not involved: Kubernetes 1.28 is fine.
+    for kube_version in (KUBE_VERSION, "1.28.0"):
+        docs = load_all(template(CHART, values_file(values), kube_version=kube_version).stdout)
+        validate(docs, kube_version)
+        assert sorted(d["kind"] for d in docs) == ["Deployment", "ServiceAccount"]
+        account = one(docs, "ServiceAccount")
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/orders")
+        assert publisher_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_publisher_labels_never_overlap_the_app_pods(render):
+    """The app's Deployment, Service and PodDisruptionBudget select on name and instance: never the publisher."""
+    docs = render(merge(BASE, READER, PUBLISHER, {"standalone": {"service": {"enabled": True}}}))
+    publisher = publisher_deployment(docs)
+    publisher_labels = publisher["spec"]["template"]["metadata"]["labels"]
+    assert publisher["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": "r1", "app.kubernetes.io/component": "snapshot-publisher", "cdc-cache/cdc-cache": "r1"}
+    assert matches(publisher["spec"]["selector"]["matchLabels"], publisher_labels)
+    app = one(without_publisher(docs), "Deployment")
+    app_labels = app["spec"]["template"]["metadata"]["labels"]
+    assert not matches(app["spec"]["selector"]["matchLabels"], publisher_labels)
+    assert not matches(one(docs, "Service")["spec"]["selector"], publisher_labels)
+    assert not matches(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], publisher_labels)
+    assert not matches(publisher["spec"]["selector"]["matchLabels"], app_labels)
+
+
+def test_publishers_of_two_copies_in_one_release_stay_apart(parent):
+    values = two_copies()
+    for alias in ("orders-cache", "prices-cache"):
+        values[alias] = merge(values[alias], READER, PUBLISHER)
+    docs = parent(values, deployment=TWO_COPIES, aliases=("orders-cache", "prices-cache"))
+    publishers = {d["metadata"]["name"]: d for d in kinds(docs, "Deployment") if is_publisher(d)}
+    assert sorted(publishers) == ["shop-orders-cache-publisher", "shop-prices-cache-publisher"]
+    orders, prices = publishers["shop-orders-cache-publisher"], publishers["shop-prices-cache-publisher"]
+    assert not matches(orders["spec"]["selector"]["matchLabels"], prices["spec"]["template"]["metadata"]["labels"])
+    assert not matches(prices["spec"]["selector"]["matchLabels"], orders["spec"]["template"]["metadata"]["labels"])
+    assert [c["name"] for c in prices["spec"]["template"]["spec"]["containers"]] == ["prices-cache"]
+    assert env_of(prices["spec"]["template"]["spec"]["containers"][0])["CDC_CACHE_TOPICS"] == "prices"
+    monitors = {d["metadata"]["name"]: d["spec"]["selector"]["matchLabels"] for d in kinds(docs, "PodMonitor")}
+    assert matches(monitors["shop-prices-cache"], prices["spec"]["template"]["metadata"]["labels"])
+    assert not matches(monitors["shop-orders-cache"], prices["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"snapshots": {"remote": {"url": "", "credentialsSecret": "", "env": {}}}},
+     "publisher.enabled needs snapshots.remote.url (s3://bucket/prefix, gs://, az:// or file:///)"),
+    ({"snapshots": {"enabled": False, "remote": {"url": "", "credentialsSecret": "", "env": {}}}},
+     "publisher.enabled needs snapshots.enabled: true"),
+    ({"snapshots": {"enabled": False}}, "publisher.enabled needs snapshots.enabled: true"),
+    ({"snapshots": {"interval": "0s"}},
+     "publisher.interval 0s (snapshots.interval; publisher.interval is empty): the publisher would upload only at shutdown"),
+    ({"publisher": {"interval": "12h"}}, "publisher.interval 12h is not shorter than snapshots.maxAge 12h"),
+    ({"publisher": {"terminationGracePeriodSeconds": 31}},
+     "publisher.terminationGracePeriodSeconds 31 is shorter than the publisher needs to stop: shutdownGrace 10s + 12 s "
+     "(consumers and admin port) + snapshots.shutdownAllowance 10s (the final snapshot) = 32.0 s"),
+    ({"publisher": {"interval": "10 minutes"}}, "/publisher/interval"),
+    ({"publisher": {"replica": 2}}, "replica"),
+    ({"publisher": {"enabled": "yes"}}, "/publisher/enabled"),
+])
+def test_publisher_mistakes_are_refused(refuse, override, expected):
+    for standalone in (True, False):
+        stderr = refuse(merge(BASE, READER, PUBLISHER, {"standalone": {"enabled": standalone}}, override))
+        assert expected in stderr, stderr
+
+
+def test_publisher_grace_period_follows_the_snapshot_allowance(render):
+    docs = render(merge(BASE, READER, PUBLISHER, {"snapshots": {"shutdownAllowance": "1m"}, "shutdownGrace": "15s",
+                                                  "terminationGracePeriodSeconds": 90}))
+    assert publisher_deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 15 + 12 + 60
+    # 0s: only at shutdown for the app's sidecars; the publisher still needs an interval of its own.
+    docs = render(merge(BASE, READER, PUBLISHER, {"snapshots": {"interval": "0s"}, "publisher": {"interval": "5m"}}))
+    assert env_of(publisher_container(docs))["CDC_CACHE_SNAPSHOT_INTERVAL"] == "5m"
+    assert env_of(sidecar(without_publisher(docs))[0])["CDC_CACHE_SNAPSHOT_INTERVAL"] == "0s"
+
+
+def test_pod_monitor_and_network_policy_select_the_publisher(render):
+    docs = render(merge(BASE, READER, PUBLISHER, MONITORING, {"networkPolicy": {"enabled": True}}))
+    labels = publisher_deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    monitor = one(docs, "PodMonitor")["spec"]
+    assert matches(monitor["selector"]["matchLabels"], labels)
+    ports = [p["name"] for p in publisher_container(docs)["ports"]]
+    assert [e["port"] for e in monitor["podMetricsEndpoints"]] == ports == [ADMIN_PORT_NAME]
+    # Still the app pods too.
+    assert matches(monitor["selector"]["matchLabels"], pod_template(without_publisher(docs))["metadata"]["labels"])
+    assert matches(one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], labels)
+
+
+def test_snapshot_alert_fires_when_the_publisher_stops_writing(render, tmp_path):
+    """Release-scoped rules: the publisher's series carry the PodMonitor's job, and the threshold follows
+    the longer interval, so an hourly publisher is quiet while it writes and alerts once it stops."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not on PATH; run scripts/test, which installs it")
+    docs = render(merge(BASE, READER, MONITORING, {"publisher": {"enabled": True, "interval": "1h"}}))
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    rule = next(r for g in groups for r in g["rules"] if r["alert"] == "CdcCacheSnapshotsStale")
+    assert "> 10800\n" in rule["expr"] and "[180m]" in rule["expr"], rule["expr"]
+    # The publisher's interval only counts while it is on.
+    rule_off = next(r for g in one(render(merge(BASE, READER, MONITORING, {"publisher": {"interval": "1h"}})),
+                                   "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+                    if r["alert"] == "CdcCacheSnapshotsStale")
+    assert "> 1800\n" in rule_off["expr"]
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": groups}))
+    job = "shop/r1-cdc-cache"
+    common = {"namespace": "shop", "container": "cdc-cache", "table": "orders"}
+    labels = ",".join(f'{k}="{v}"' for k, v in common.items())
+    minutes = range(0, 331)
+    # Writes every hour; the stopped one writes at 0 and 60 minutes, then never again.
+    healthy = " ".join(str((m // 60) * 3600) for m in minutes)
+    stopped = " ".join(str(min(m // 60, 1) * 3600) for m in minutes)
+    original = rule["annotations"]
+
+    def expected(pod):
+        values = {**common, "pod": pod}
+        annotations = {}
+        for key, text in original.items():
+            for name, value in values.items():
+                text = text.replace("{{ $labels.%s }}" % name, value)
+            annotations[key] = text
+        return {"exp_labels": {"severity": "warning", **values}, "exp_annotations": annotations}
+
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cdc_cache_snapshot_last_write_timestamp_seconds{{job="{job}",pod="r1-cdc-cache-publisher-a",{labels}}}',
+             "values": healthy},
+            {"series": f'cdc_cache_snapshot_last_write_timestamp_seconds{{job="{job}",pod="r1-cdc-cache-publisher-b",{labels}}}',
+             "values": stopped},
+        ],
+        "alert_rule_test": [
+            # Older than 3 hours from 241 minutes on, for 30 minutes: fires at about 271.
+            {"eval_time": "200m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": []},
+            {"eval_time": "260m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": []},
+            {"eval_time": "280m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": [expected("r1-cdc-cache-publisher-b")]},
+            {"eval_time": "330m", "alertname": "CdcCacheSnapshotsStale", "exp_alerts": [expected("r1-cdc-cache-publisher-b")]},
+        ],
+    }]}
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_documented_publisher_command_renders(values_file):
+    """The README's copy-paste example: an existing release gets the publisher with --set alone."""
+    result = helm("template", "orders", CHART, "--namespace", "shop", "--kube-version", KUBE_VERSION,
+                  "--values", values_file(BASE),
+                  "--set", "publisher.enabled=true",
+                  "--set", "snapshots.remote.url=s3://my-bucket/cdc-cache/orders",
+                  "--set", "snapshots.remote.credentialsSecret=orders-snapshots-s3",
+                  "--set", "snapshots.remote.env.AWS_REGION=eu-west-1")
+    docs = load_all(result.stdout)
+    validate(docs)
+    env = env_of(publisher_container(docs))
+    assert env["CDC_CACHE_SNAPSHOT_URL"] == "s3://my-bucket/cdc-cache/orders"
+    assert env["CDC_CACHE_SNAPSHOT_PUBLISH"] == "true" and env["AWS_REGION"] == "eu-west-1"
+    assert publisher_deployment(docs)["metadata"]["name"] == "orders-cdc-cache-publisher"
+    app_env = env_of(sidecar(without_publisher(docs))[0])
+    assert app_env["CDC_CACHE_SNAPSHOT_URL"] == "s3://my-bucket/cdc-cache/orders"
+    assert "CDC_CACHE_SNAPSHOT_PUBLISH" not in app_env
+
+
+def test_notes_name_the_publisher(values_file):
+    notes = install_notes(values_file(merge(BASE, READER, PUBLISHER)))
+    assert "Snapshot publisher r1-cdc-cache-publisher: writes every table every 10m" in notes, notes
+    assert "only download from there" in notes and "rollout status deployment/r1-cdc-cache-publisher" in notes, notes
+    assert "publisher" not in install_notes(values_file(merge(BASE, READER)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -207,28 +207,38 @@ The shortest terminationGracePeriodSeconds the sidecar needs, in milliseconds: s
 snapshots.shutdownAllowance (the final snapshot, written after ingest stopped).
 */}}
 {{- define "cdc-cache.shutdownNeedMs" -}}
-{{- $need := add (include "cdc-cache.durationMs" .Values.shutdownGrace | atoi) 12000 -}}
-{{- if not .Values.nativeSidecar -}}
-{{- $need = add $need (include "cdc-cache.durationMs" .Values.shutdownDelay | atoi) -}}
-{{- end -}}
-{{- if include "cdc-cache.snapshotDir" . -}}
-{{- $need = add $need (include "cdc-cache.durationMs" .Values.snapshots.shutdownAllowance | atoi) -}}
-{{- end -}}
-{{- $need -}}
+{{- include "cdc-cache.shutdownNeed" (dict "ctx" . "delay" (not .Values.nativeSidecar) "text" false) -}}
 {{- end -}}
 
 {{/* The grace-period need spelled out for error messages: "shutdownGrace 10s + 12 s (...) ...". */}}
 {{- define "cdc-cache.shutdownNeedText" -}}
+{{- include "cdc-cache.shutdownNeed" (dict "ctx" . "delay" (not .Values.nativeSidecar) "text" true) -}}
+{{- end -}}
+
+{{/*
+Both of the above, for the sidecar and for the publisher (which has no app to wait for, so no
+shutdownDelay): dict "ctx" <context> "delay" <count shutdownDelay> "text" <spell it out>.
+*/}}
+{{- define "cdc-cache.shutdownNeed" -}}
+{{- $v := .ctx.Values -}}
+{{- $snapshots := include "cdc-cache.snapshotDir" .ctx -}}
+{{- $need := add (include "cdc-cache.durationMs" $v.shutdownGrace | atoi) 12000 -}}
 {{- $parts := list -}}
-{{- if not .Values.nativeSidecar -}}
-{{- $parts = append $parts (printf "shutdownDelay %s" .Values.shutdownDelay) -}}
+{{- if .delay -}}
+{{- $need = add $need (include "cdc-cache.durationMs" $v.shutdownDelay | atoi) -}}
+{{- $parts = append $parts (printf "shutdownDelay %s" $v.shutdownDelay) -}}
 {{- end -}}
-{{- $parts = append $parts (printf "shutdownGrace %s" .Values.shutdownGrace) -}}
+{{- $parts = append $parts (printf "shutdownGrace %s" $v.shutdownGrace) -}}
 {{- $parts = append $parts "12 s (consumers and admin port)" -}}
-{{- if include "cdc-cache.snapshotDir" . -}}
-{{- $parts = append $parts (printf "snapshots.shutdownAllowance %s (the final snapshot)" .Values.snapshots.shutdownAllowance) -}}
+{{- if $snapshots -}}
+{{- $need = add $need (include "cdc-cache.durationMs" $v.snapshots.shutdownAllowance | atoi) -}}
+{{- $parts = append $parts (printf "snapshots.shutdownAllowance %s (the final snapshot)" $v.snapshots.shutdownAllowance) -}}
 {{- end -}}
-{{- printf "%s = %.1f s" (join " + " $parts) (divf (include "cdc-cache.shutdownNeedMs" . | atoi) 1000) -}}
+{{- if .text -}}
+{{- printf "%s = %.1f s" (join " + " $parts) (divf $need 1000) -}}
+{{- else -}}
+{{- $need -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
@@ -338,11 +348,11 @@ or nothing when snapshots are off. Fixed per instance, so two copies in one pod 
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
-Checks the schema cannot express. Called by cdc-cache.container, so every mode checks the same way.
+Checks the schema cannot express. Called by cdc-cache.container and cdc-cache.publisherContainer, so
+every mode checks the same way.
 ------------------------------------------------------------------------------------------- */}}
 {{- define "cdc-cache.validate" -}}
 {{- $v := .Values -}}
-{{- include "cdc-cache.requireNativeSidecarSupport" . -}}
 {{- $kafka := $v.kafka -}}
 {{- $_ := required "kafka.brokers: set the Kafka bootstrap servers (host:port,host:port)" $kafka.brokers -}}
 {{- /* The binary refuses these too; failing here names the value before anything is deployed. */ -}}
@@ -396,6 +406,9 @@ Checks the schema cannot express. Called by cdc-cache.container, so every mode c
 {{- end -}}
 {{- end -}}
 {{- include "cdc-cache.validateBindAddress" . -}}
+{{- if $v.publisher.enabled -}}
+{{- include "cdc-cache.validatePublisher" . -}}
+{{- end -}}
 {{- with include "cdc-cache.snapshotDir" . -}}
 {{- $dir := . -}}
 {{- $interval := include "cdc-cache.durationMs" $v.snapshots.interval | atoi -}}
@@ -514,7 +527,7 @@ of ::1 ([0:0:0:0:0:0:0:1], [0::0001]) and of IPv4 loopback inside IPv6 ([::ffff:
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
-The sidecar
+The sidecar, and the snapshot publisher built from the same definitions
 ------------------------------------------------------------------------------------------- */}}
 
 {{/*
@@ -522,17 +535,53 @@ The sidecar container, as one list item. With nativeSidecar it carries restartPo
 belongs in initContainers; otherwise in containers, before the app.
 */}}
 {{- define "cdc-cache.container" -}}
+{{- include "cdc-cache.requireNativeSidecarSupport" . -}}
 {{- include "cdc-cache.validate" . -}}
-{{- $v := .Values -}}
+{{ include "cdc-cache.cacheContainer" (dict "ctx" . "publisher" false) }}
+{{- end -}}
+
+{{/*
+The publisher's container (templates/publisher-deployment.yaml): the same Kafka, topics, TLS, SASL,
+snapshot and credentials settings as the sidecar, publishing every snapshot it writes. A regular
+container in a pod of its own; the native/classic choice does not apply to it.
+*/}}
+{{- define "cdc-cache.publisherContainer" -}}
+{{- include "cdc-cache.validate" . -}}
+{{ include "cdc-cache.cacheContainer" (dict "ctx" . "publisher" true) }}
+{{- end -}}
+
+{{/*
+The cdc-cache container itself: dict "ctx" <context> "publisher" <bool>. One definition for both,
+so the publisher reads Kafka and writes snapshots exactly as the sidecars that load them. The
+publisher differs only where it has no app: gRPC on loopback TCP (nobody calls it, so no socket),
+no shutdownDelay or wait hook, the startup probe always, publishing always, publisher.interval
+and publisher.resources.
+*/}}
+{{- define "cdc-cache.cacheContainer" -}}
+{{- $ctx := .ctx -}}
+{{- $publisher := .publisher -}}
+{{- $v := $ctx.Values -}}
 {{- $port := int $v.admin.port -}}
-{{- $tlsOptions := include "cdc-cache.tlsOptions" . | fromYaml -}}
-{{- $socketDir := include "cdc-cache.socketDir" . -}}
-{{- $snapshotDir := include "cdc-cache.snapshotDir" . -}}
-{{- $budget := include "cdc-cache.startupBudgetSeconds" . -}}
-- name: {{ include "cdc-cache.instanceName" . }}
-  image: {{ include "cdc-cache.image" . | quote }}
+{{- $tlsOptions := include "cdc-cache.tlsOptions" $ctx | fromYaml -}}
+{{- $socketDir := "" -}}
+{{- $grpc := "" -}}
+{{- $interval := $v.snapshots.interval -}}
+{{- $resources := $v.resources -}}
+{{- if $publisher -}}
+{{- $grpc = include "cdc-cache.publisherGrpcAddress" $ctx -}}
+{{- $interval = include "cdc-cache.publisherInterval" $ctx -}}
+{{- with $v.publisher.resources }}{{ $resources = . }}{{ end -}}
+{{- else -}}
+{{- $socketDir = include "cdc-cache.socketDir" $ctx -}}
+{{- $grpc = include "cdc-cache.grpcAddress" $ctx -}}
+{{- end -}}
+{{- $snapshotDir := include "cdc-cache.snapshotDir" $ctx -}}
+{{- $budget := include "cdc-cache.startupBudgetSeconds" $ctx -}}
+{{- $name := include "cdc-cache.instanceName" $ctx -}}
+- name: {{ $name }}
+  image: {{ include "cdc-cache.image" $ctx | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
-  {{- if $v.nativeSidecar }}
+  {{- if and $v.nativeSidecar (not $publisher) }}
   # A native sidecar: kubelet starts it before the app, waits for its startup probe, restarts it
   # on exit and stops it after the app at pod deletion.
   restartPolicy: Always
@@ -547,11 +596,11 @@ belongs in initContainers; otherwise in containers, before the app.
     - name: CDC_CACHE_BROKERS
       value: {{ $v.kafka.brokers | quote }}
     - name: CDC_CACHE_TOPICS
-      value: {{ include "cdc-cache.topics" . | quote }}
+      value: {{ include "cdc-cache.topics" $ctx | quote }}
     - name: CDC_CACHE_FORMAT
       value: {{ $v.format | quote }}
     - name: CDC_CACHE_GRPC_LISTEN
-      value: {{ include "cdc-cache.grpcAddress" . | quote }}
+      value: {{ $grpc | quote }}
     {{- if $socketDir }}
     - name: CDC_CACHE_GRPC_SOCKET_MODE
       value: {{ $v.grpcSocket.mode | toString | quote }}
@@ -567,7 +616,7 @@ belongs in initContainers; otherwise in containers, before the app.
       value: {{ $v.maxMultigetKeys | int64 | toString | quote }}
     - name: CDC_CACHE_GRPC_MAX_MESSAGE_BYTES
       value: {{ $v.grpcMaxMessageBytes | int64 | toString | quote }}
-    {{- if not $v.nativeSidecar }}
+    {{- if and (not $v.nativeSidecar) (not $publisher) }}
     # Classic sidecar: the app gets SIGTERM at the same moment; keep answering while it drains.
     - name: CDC_CACHE_SHUTDOWN_DELAY
       value: {{ $v.shutdownDelay | quote }}
@@ -587,7 +636,7 @@ belongs in initContainers; otherwise in containers, before the app.
     - name: CDC_CACHE_SNAPSHOT_DIR
       value: {{ . | quote }}
     - name: CDC_CACHE_SNAPSHOT_INTERVAL
-      value: {{ $v.snapshots.interval | quote }}
+      value: {{ $interval | quote }}
     - name: CDC_CACHE_SNAPSHOT_KEEP
       value: {{ $v.snapshots.keep | int64 | toString | quote }}
     - name: CDC_CACHE_SNAPSHOT_MAX_AGE
@@ -596,7 +645,7 @@ belongs in initContainers; otherwise in containers, before the app.
     # New pods start warm too: the newest snapshot under <url>/<table>/ is downloaded first.
     - name: CDC_CACHE_SNAPSHOT_URL
       value: {{ . | quote }}
-    {{- if $v.snapshots.remote.publish }}
+    {{- if or $publisher $v.snapshots.remote.publish }}
     - name: CDC_CACHE_SNAPSHOT_PUBLISH
       value: "true"
     {{- end }}
@@ -648,10 +697,10 @@ belongs in initContainers; otherwise in containers, before the app.
   {{- end }}
   ports:
     # Named so the PodMonitor can find it; the gRPC cache port stays on loopback and unlisted.
-    - name: {{ include "cdc-cache.adminPortName" . }}
+    - name: {{ include "cdc-cache.adminPortName" $ctx }}
       containerPort: {{ $port }}
       protocol: TCP
-  {{- if $v.nativeSidecar }}
+  {{- if or $v.nativeSidecar $publisher }}
   startupProbe:
     grpc:
       port: {{ $port }}
@@ -675,7 +724,7 @@ belongs in initContainers; otherwise in containers, before the app.
     periodSeconds: {{ $v.probes.liveness.periodSeconds }}
     timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
     failureThreshold: {{ $v.probes.liveness.failureThreshold }}
-  {{- if and (not $v.nativeSidecar) $v.holdApplicationUntilReady }}
+  {{- if and (not $v.nativeSidecar) $v.holdApplicationUntilReady (not $publisher) }}
   # Holds the containers listed after this one: kubelet starts them once the hook returns, i.e.
   # once every topic has caught up. A timeout (the bootstrap budget) fails the hook, which
   # restarts the sidecar, as the startup probe does in native mode.
@@ -684,7 +733,7 @@ belongs in initContainers; otherwise in containers, before the app.
       exec:
         command: ["/usr/local/bin/cdc-cache", "wait", "--timeout", {{ printf "%ss" $budget | quote }}]
   {{- end }}
-  {{- with $v.resources }}
+  {{- with $resources }}
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -695,17 +744,17 @@ belongs in initContainers; otherwise in containers, before the app.
   {{- if or $v.kafka.tls.enabled $socketDir $snapshotDir $v.extraVolumeMounts }}
   volumeMounts:
     {{- if $v.kafka.tls.enabled }}
-    - name: {{ include "cdc-cache.instanceName" . }}-tls
-      mountPath: {{ include "cdc-cache.tlsDir" . }}
+    - name: {{ $name }}-tls
+      mountPath: {{ include "cdc-cache.tlsDir" $ctx }}
       readOnly: true
     {{- end }}
     {{- with $socketDir }}
-    - name: {{ include "cdc-cache.instanceName" $ }}-socket
+    - name: {{ $name }}-socket
       mountPath: {{ . }}
     {{- end }}
     {{- with $snapshotDir }}
     # Writable, in the sidecar only; the root filesystem stays read-only.
-    - name: {{ include "cdc-cache.instanceName" $ }}-snapshots
+    - name: {{ $name }}-snapshots
       mountPath: {{ . }}
     {{- end }}
     {{- with $v.extraVolumeMounts }}
@@ -730,8 +779,19 @@ belongs in initContainers; otherwise in containers, before the app.
 
 {{/* Pod volumes the sidecar needs, as list items; nothing when it needs none. */}}
 {{- define "cdc-cache.volumes" -}}
-{{- $name := include "cdc-cache.instanceName" . -}}
-{{- $tls := .Values.kafka.tls -}}
+{{- include "cdc-cache.cacheVolumes" (dict "ctx" . "publisher" false) -}}
+{{- end -}}
+
+{{/* The publisher pod's volumes: the sidecar's, without the unix socket (it has no app). */}}
+{{- define "cdc-cache.publisherVolumes" -}}
+{{- include "cdc-cache.cacheVolumes" (dict "ctx" . "publisher" true) -}}
+{{- end -}}
+
+{{/* Both of the above: dict "ctx" <context> "publisher" <bool>. */}}
+{{- define "cdc-cache.cacheVolumes" -}}
+{{- $ctx := .ctx -}}
+{{- $name := include "cdc-cache.instanceName" $ctx -}}
+{{- $tls := $ctx.Values.kafka.tls -}}
 {{- if $tls.enabled }}
 # One projected volume from up to two sources: the CA (ConfigMap or Secret) and the client
 # certificate (Secret), under fixed file names the librdkafka options point to.
@@ -764,15 +824,15 @@ belongs in initContainers; otherwise in containers, before the app.
               path: tls.key
       {{- end }}
 {{- end }}
-{{- if include "cdc-cache.socketDir" . }}
+{{- if and (not .publisher) (include "cdc-cache.socketDir" $ctx) }}
 # The unix socket's own directory, in memory: nothing but the socket lives here.
 - name: {{ $name }}-socket
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
 {{- end }}
-{{- if include "cdc-cache.snapshotDir" . }}
-{{- $snapshots := .Values.snapshots }}
+{{- if include "cdc-cache.snapshotDir" $ctx }}
+{{- $snapshots := $ctx.Values.snapshots }}
 # Snapshots for warm starts: they survive restarts of the sidecar container, not the pod. Disk
 # usage past sizeLimit gets the pod evicted; with medium Memory the files count against the
 # sidecar's memory limit.
@@ -789,7 +849,7 @@ belongs in initContainers; otherwise in containers, before the app.
   emptyDir: {}
   {{- end }}
 {{- end }}
-{{- with .Values.extraVolumes }}
+{{- with $ctx.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -1014,6 +1074,94 @@ it once per copy of the chart, feeding one call's result (| fromYaml) to the nex
 {{- end -}}
 {{- $_ = set $meta "annotations" $annotations -}}
 {{- toYaml $pod -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+The snapshot publisher (publisher.enabled): a Deployment of the cdc-cache container alone that
+uploads every snapshot it writes to snapshots.remote.url, so the app pods only read.
+------------------------------------------------------------------------------------------- */}}
+
+{{/* The publisher Deployment's name: <fullname>-publisher, shortened past 63 as the fullname is. */}}
+{{- define "cdc-cache.publisherName" -}}
+{{- $full := printf "%s-publisher" (include "cdc-cache.fullname" .) -}}
+{{- if gt (len $full) 63 -}}
+{{- printf "%s-%s" ($full | trunc 54 | trimSuffix "-") (sha256sum $full | trunc 8) -}}
+{{- else -}}
+{{- $full -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Selector of the publisher Deployment. No app.kubernetes.io/name: the standalone Deployment, its
+Service and PodDisruptionBudget select on name and instance alone (selectors cannot change on
+upgrade), so the publisher pods must not carry both. The cdc-cache/<instanceName> label keeps the
+publishers of two copies in one release apart, and lets the PodMonitor and NetworkPolicy select
+them like every pod carrying this copy's sidecar.
+*/}}
+{{- define "cdc-cache.publisherSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/component: snapshot-publisher
+{{ include "cdc-cache.podLabels" . }}
+{{- end -}}
+
+{{/* How often the publisher writes and uploads: publisher.interval, else snapshots.interval. */}}
+{{- define "cdc-cache.publisherInterval" -}}
+{{- .Values.publisher.interval | default .Values.snapshots.interval -}}
+{{- end -}}
+
+{{/*
+The publisher's gRPC address: grpcListen when it is a loopback TCP address, 127.0.0.1:50051 in
+unix mode (the publisher pod has no app to share a socket with).
+*/}}
+{{- define "cdc-cache.publisherGrpcAddress" -}}
+{{- if eq (toString .Values.grpcListen) "unix" -}}
+127.0.0.1:50051
+{{- else -}}
+{{ .Values.grpcListen }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The publisher pod's terminationGracePeriodSeconds: publisher.terminationGracePeriodSeconds, or 0
+for the shortest the sidecar rule allows without an app to wait for: shutdownGrace + 12 s +
+snapshots.shutdownAllowance, rounded up to whole seconds.
+*/}}
+{{- define "cdc-cache.publisherGraceSeconds" -}}
+{{- $explicit := int64 (.Values.publisher.terminationGracePeriodSeconds | default 0) -}}
+{{- if gt $explicit 0 -}}
+{{- $explicit -}}
+{{- else -}}
+{{- $need := include "cdc-cache.shutdownNeed" (dict "ctx" . "delay" false "text" false) | atoi -}}
+{{- div (add $need 999) 1000 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What publisher.enabled needs, checked by cdc-cache.validate wherever the sidecar or the publisher
+renders, so every template refuses it with the same message.
+*/}}
+{{- define "cdc-cache.validatePublisher" -}}
+{{- $v := .Values -}}
+{{- if not $v.snapshots.enabled -}}
+{{- fail "publisher.enabled needs snapshots.enabled: true (the publisher writes each snapshot to its local directory, then uploads it)" -}}
+{{- end -}}
+{{- if not $v.snapshots.remote.url -}}
+{{- fail "publisher.enabled needs snapshots.remote.url (s3://bucket/prefix, gs://, az:// or file:///): where the publisher uploads the snapshots new pods start from" -}}
+{{- end -}}
+{{- $interval := include "cdc-cache.publisherInterval" . -}}
+{{- $from := $v.publisher.interval | empty | ternary " (snapshots.interval; publisher.interval is empty)" "" -}}
+{{- $ms := include "cdc-cache.durationMs" $interval | atoi -}}
+{{- if eq $ms 0 -}}
+{{- fail (printf "publisher.interval %s%s: the publisher would upload only at shutdown; set publisher.interval, e.g. 10m" $interval $from) -}}
+{{- end -}}
+{{- if ge $ms (include "cdc-cache.durationMs" $v.snapshots.maxAge | atoi) -}}
+{{- fail (printf "publisher.interval %s%s is not shorter than snapshots.maxAge %s: every published snapshot would be too old to load by the time the next one is uploaded" $interval $from $v.snapshots.maxAge) -}}
+{{- end -}}
+{{- $grace := include "cdc-cache.publisherGraceSeconds" . | atoi -}}
+{{- $need := include "cdc-cache.shutdownNeed" (dict "ctx" . "delay" false "text" false) | atoi -}}
+{{- if lt (mul $grace 1000) $need -}}
+{{- fail (printf "publisher.terminationGracePeriodSeconds %d is shorter than the publisher needs to stop: %s (0: exactly that)" $grace (include "cdc-cache.shutdownNeed" (dict "ctx" . "delay" false "text" true))) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
