@@ -3,7 +3,9 @@
 //! half of peak load, MultiGet of 100 keys vs MGET, and memory per entry vs Redis, plus
 //! freshness (produce -> visible in Get) next to a bare consumer receiving the same records.
 //!
-//! `cargo bench --bench serve -- [--keys N] [--seconds S] [--runs N]`
+//! `cargo bench --bench serve -- [--keys N] [--seconds S] [--runs N] [--dataset D] [--compression C]`
+//! `--dataset filler|customers|orders`: 200-byte filler values, or realistic Debezium rows
+//! (`cdc_cache::sample_rows`); `--compression auto|off` is passed to the sidecar.
 //! The load generator is this program (tonic client, HdrHistogram); its own CPU use is printed.
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tonic::transport::Channel;
 
-use common::{arg, create_topics, free_port, median, produce_all, sorted, start_tansu, Killed, Sidecar};
+use common::{arg, create_topics, free_port, median, produce_each, sorted, start_tansu, Killed, Sidecar};
 
 const TOPIC: &str = "bench.kv";
 const VALUE_BYTES: usize = 200;
@@ -41,6 +43,10 @@ struct Options {
     /// gRPC callers sharing one HTTP/2 connection, as a client pool would (Get sections; the
     /// MultiGet section measures one connection and four).
     callers_per_connection: usize,
+    /// The values: `filler` (200 B of one byte), `customers` or `orders` (realistic rows).
+    dataset: String,
+    /// The sidecar's `--compression`.
+    compression: String,
 }
 
 impl Options {
@@ -57,6 +63,8 @@ fn options() -> Options {
         runs: arg("--runs", 3),
         rate: Some(arg("--rate", 0.0)).filter(|r| *r > 0.0),
         callers_per_connection: arg("--callers-per-connection", 16),
+        dataset: arg("--dataset", "filler".to_string()),
+        compression: arg("--compression", "auto".to_string()),
         only: only
             .split(',')
             .filter(|s| !s.is_empty())
@@ -74,6 +82,17 @@ fn key(i: usize) -> String {
     format!("key:{i:012}")
 }
 
+/// Key `i`'s value in `dataset`; the same for Kafka and Redis.
+fn value(dataset: &str, i: usize) -> Vec<u8> {
+    let mut rng = cdc_cache::sample_rows::Rng::new(i as u64);
+    match dataset {
+        "filler" => vec![b'v'; VALUE_BYTES],
+        "customers" => cdc_cache::sample_rows::customer(i as u64, &mut rng).into_bytes(),
+        "orders" => cdc_cache::sample_rows::order(i as u64, &mut rng).into_bytes(),
+        other => panic!("--dataset {other}: filler, customers or orders"),
+    }
+}
+
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -89,7 +108,6 @@ fn main() {
     let brokers = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let _tansu = start_tansu(port, dir.path());
-    let value = vec![b'v'; VALUE_BYTES];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,21 +117,27 @@ fn main() {
         &brokers,
         &[(TOPIC, 3, true), ("bench.empty", 1, false)],
     ));
-    produce_all(&brokers, TOPIC, o.keys, key, &value);
+    let data_bytes = produce_each(&brokers, TOPIC, o.keys, key, |i| value(&o.dataset, i));
     let redis = Redis::start();
     // Each memory reading waits for Redis's RSS refresh, so only the memory section takes them.
     let redis_empty = o.runs("memory").then(|| redis.memory());
-    redis.load(o.keys, &value);
+    redis.load(o.keys, |i| value(&o.dataset, i));
     let redis_full = o.runs("memory").then(|| redis.memory());
+    let values = format!(
+        "{} values (mean {} B), --compression {}",
+        o.dataset,
+        data_bytes / o.keys - key(0).len(),
+        o.compression
+    );
     let mut out = if o.only == ["memory"] {
-        format!("## Memory: {} keys x {VALUE_BYTES} B values\n\n", o.keys)
+        format!("## Memory: {} keys x {values}\n\n", o.keys)
     } else {
         format!(
-            "## Serving: {} keys x {VALUE_BYTES} B values, {} s per measurement, {} runs (min / median / max)\n\n",
+            "## Serving: {} keys x {values}, {} s per measurement, {} runs (min / median / max)\n\n",
             o.keys, o.seconds, o.runs
         )
     };
-    let tcp = Sidecar::start(&brokers, TOPIC, tcp_addr());
+    let tcp = Sidecar::start_with(&brokers, TOPIC, tcp_addr(), &["--compression", &o.compression]);
     runtime.block_on(assert_loaded(&tcp.grpc, o.keys));
     if let (Some(redis_empty), Some(redis_full)) = (redis_empty, redis_full) {
         out += &memory(&o, &brokers, &tcp, redis_empty, redis_full);
@@ -199,7 +223,8 @@ fn main() {
 }
 
 /// Memory per entry: the loaded sidecar's RSS growth over an idle one, next to Redis's growth
-/// from empty to holding the same keys and values (`(used_memory, used_memory_rss)` pairs).
+/// from empty to holding the same keys and values (`(used_memory, used_memory_rss)` pairs), and
+/// the same for a sidecar with the other `--compression`.
 fn memory(
     o: &Options,
     brokers: &str,
@@ -208,25 +233,78 @@ fn memory(
     redis_full: (u64, u64),
 ) -> String {
     let idle_rss = Sidecar::start(brokers, "bench.empty", tcp_addr()).settled_rss();
-    let sidecar_rss = loaded.settled_rss();
-    let raw = (key(0).len() + VALUE_BYTES) as f64;
+    let series = |name: &str| format!(r#"{name}{{table="{TOPIC}"}}"#);
+    // Compression settles after a dictionary is trained and the records held are recompressed.
+    let settled = |sidecar: &Sidecar| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let generation = series("cdc_cache_compression_dictionary_generation");
+        let ratio = series("cdc_cache_compression_ratio");
+        let mut last = (0.0, 0.0);
+        while Instant::now() < deadline {
+            let now = (
+                sidecar.metric(&generation).unwrap_or(0.0),
+                sidecar.metric(&ratio).unwrap_or(1.0),
+            );
+            if now.0 >= 1.0 && now == last {
+                break;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        (sidecar.settled_rss(), sidecar.metric(&ratio).unwrap_or(1.0))
+    };
+    let other = if o.compression == "off" { "auto" } else { "off" };
+    let (sidecar_rss, ratio) = if o.compression == "off" {
+        (loaded.settled_rss(), 1.0)
+    } else {
+        settled(loaded)
+    };
+    let (other_rss, other_ratio) = {
+        let sidecar = Sidecar::start_with(brokers, TOPIC, tcp_addr(), &["--compression", other]);
+        if other == "off" {
+            (sidecar.settled_rss(), 1.0)
+        } else {
+            settled(&sidecar)
+        }
+    };
+    let raw = (key(0).len() + (0..1000).map(|i| value(&o.dataset, i).len()).sum::<usize>() / 1000) as f64;
     let per = |bytes: u64| bytes as f64 / o.keys as f64;
     let ours = per(sidecar_rss.saturating_sub(idle_rss));
+    let theirs = per(other_rss.saturating_sub(idle_rss));
     let redis_used = per(redis_full.0.saturating_sub(redis_empty.0));
     let redis_rss = per(redis_full.1.saturating_sub(redis_empty.1));
-    let mut out =
-        String::from("### Memory per entry\n| | bytes/entry | overhead beyond key+value |\n|---|---|---|\n");
-    out += &format!("| raw key+value | {raw:.0} | 0 |\n");
-    out += &format!("| cdc-cache RSS growth | {ours:.0} | {:.0} |\n", ours - raw);
+    let mut out = String::from(
+        "### Memory per entry\n| | bytes/entry | beyond key+value | compression ratio (data / stored) |\n|---|---|---|---|\n",
+    );
+    out += &format!("| raw key+value (mean) | {raw:.0} | 0 | |\n");
+    for (name, bytes, ratio) in [
+        (
+            format!("cdc-cache RSS growth, --compression {}", o.compression),
+            ours,
+            ratio,
+        ),
+        (
+            format!("cdc-cache RSS growth, --compression {other}"),
+            theirs,
+            other_ratio,
+        ),
+    ] {
+        out += &format!("| {name} | {bytes:.0} | {:.0} | {ratio:.2} |\n", bytes - raw);
+    }
     out += &format!(
-        "| Redis used_memory growth | {redis_used:.0} | {:.0} |\n",
+        "| Redis used_memory growth | {redis_used:.0} | {:.0} | |\n",
         redis_used - raw
     );
-    out += &format!("| Redis RSS growth | {redis_rss:.0} | {:.0} |\n", redis_rss - raw);
     out += &format!(
-        "cdc-cache / Redis used_memory: {:.2}; / Redis RSS: {:.2}\n\n",
+        "| Redis RSS growth | {redis_rss:.0} | {:.0} | |\n",
+        redis_rss - raw
+    );
+    out += &format!(
+        "cdc-cache (--compression {}) / Redis used_memory: {:.2}; / Redis RSS: {:.2}; --compression {other} / Redis used_memory: {:.2}\n\n",
+        o.compression,
         ours / redis_used,
-        ours / redis_rss
+        ours / redis_rss,
+        theirs / redis_used,
     );
     out
 }
@@ -344,17 +422,18 @@ impl Redis {
         }
     }
 
-    fn load(&self, keys: usize, value: &[u8]) {
+    fn load(&self, keys: usize, value: impl Fn(usize) -> Vec<u8>) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
             let mut batch = Vec::new();
             for &i in chunk {
                 let k = key(i);
+                let value = value(i);
                 batch.extend_from_slice(
                     format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n", k.len(), value.len()).as_bytes(),
                 );
-                batch.extend_from_slice(value);
+                batch.extend_from_slice(&value);
                 batch.extend_from_slice(b"\r\n");
             }
             stream.write_all(&batch).unwrap();
@@ -539,20 +618,27 @@ impl Caller for CacheClient<Channel> {
 
 /// Redis GET over RESP on a connection of its own, as `redis-benchmark` opens one per client.
 struct RedisCaller {
-    stream: tokio::net::TcpStream,
+    stream: tokio::io::BufStream<tokio::net::TcpStream>,
     reply: Vec<u8>,
 }
 
 impl Caller for RedisCaller {
     async fn get(&mut self, key: String) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
         self.stream.write_all(command.as_bytes()).await.unwrap();
-        // Every value is VALUE_BYTES long: "$200\r\n" + value + "\r\n".
-        self.reply
-            .resize(format!("${VALUE_BYTES}\r\n").len() + VALUE_BYTES + 2, 0);
+        self.stream.flush().await.unwrap();
+        // "$<length>\r\n" + value + "\r\n"
+        self.reply.clear();
+        self.stream.read_until(b'\n', &mut self.reply).await.unwrap();
+        let length: usize = std::str::from_utf8(&self.reply[1..self.reply.len() - 2])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let found = self.reply.starts_with(b"$") && length > 0;
+        self.reply.resize(length + 2, 0);
         self.stream.read_exact(&mut self.reply).await.unwrap();
-        self.reply.starts_with(b"$")
+        found
     }
 }
 
@@ -574,7 +660,7 @@ fn redis_get_load(o: &Options, redis: &Redis, callers: usize, rate: Option<f64>)
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             stream.set_nodelay(true).unwrap();
             connections.push(RedisCaller {
-                stream,
+                stream: tokio::io::BufStream::new(stream),
                 reply: Vec::new(),
             });
         }

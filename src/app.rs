@@ -64,7 +64,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         None => None,
     };
 
+    // Compression upkeep (dictionary training, background recompression) off the ingest path;
+    // it stops with ingest.
     let ingest_stop = CancellationToken::new();
+    std::thread::Builder::new()
+        .name("compression".into())
+        .spawn({
+            let (store, stop) = (store.clone(), ingest_stop.clone());
+            move || crate::store::compression::maintain(store, stop)
+        })
+        .map_err(AppError::GrpcThread)?;
     let ingest_failed = CancellationToken::new();
     let ingest = ingest::start(
         &config,

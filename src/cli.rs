@@ -143,6 +143,12 @@ pub struct ServeOptions {
     #[arg(long, env = "CDC_CACHE_ON_DECODE_ERROR", default_value = "skip")]
     pub on_decode_error: OnDecodeError,
 
+    /// How values are stored: `auto` trains a zstd dictionary per table from its own rows and
+    /// keeps values compressed where it pays (keys stay as they are); `off` stores them as
+    /// received.
+    #[arg(long, env = "CDC_CACHE_COMPRESSION", default_value = "auto")]
+    pub compression: crate::store::CompressionMode,
+
     /// Stop loading (NOT_SERVING, with an error naming the table) once resident memory reaches
     /// this share of the container's memory limit, instead of being OOM-killed. 0 turns it off.
     #[arg(

@@ -256,13 +256,15 @@ fn render_status(status: &StatusResponse) -> String {
     );
     for t in &status.tables {
         out.push_str(&format!(
-            "\ntable {} (topic {}, {}): ready={} entries={} data={}B skipped={} key_conflicts={} broker_silence={} bootstrap={}\n",
+            "\ntable {} (topic {}, {}): ready={} entries={} data={}B stored={}B ({:.2}x) skipped={} key_conflicts={} broker_silence={} bootstrap={}\n",
             t.table,
             t.topic,
             t.format,
             yes_no(t.ready),
             t.entries,
             t.data_bytes,
+            t.stored_bytes,
+            t.compression_ratio,
             t.skipped_records,
             t.key_conflicts,
             seconds(t.broker_silence_ms),

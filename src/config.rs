@@ -18,6 +18,7 @@ use clap::ValueEnum;
 use crate::cli::ServeOptions;
 use crate::format::Format;
 use crate::ingest::kafka_config;
+use crate::store::CompressionMode;
 
 /// Prefix of the env vars that carry one librdkafka property each.
 pub const KAFKA_ENV_PREFIX: &str = "CDC_CACHE_KAFKA_";
@@ -39,6 +40,7 @@ pub struct TableConfig {
     pub topic: String,
     pub table: String,
     pub format: Format,
+    pub compression: CompressionMode,
 }
 
 /// Where the gRPC server listens.
@@ -167,6 +169,13 @@ impl ServeOptions {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
+        let tables: Vec<TableConfig> = tables
+            .into_iter()
+            .map(|table| TableConfig {
+                compression: self.compression,
+                ..table
+            })
+            .collect();
         let grpc_listen: ListenAddr = self
             .grpc_listen
             .parse()
@@ -313,6 +322,7 @@ pub fn parse_topics(specs: &[String], default_format: Format) -> Result<Vec<Tabl
             topic: topic.to_string(),
             table: table.to_string(),
             format,
+            compression: CompressionMode::default(),
         });
     }
     if tables.is_empty() {
@@ -451,7 +461,8 @@ mod tests {
             vec![TableConfig {
                 topic: "orders".into(),
                 table: "orders".into(),
-                format: Format::Raw
+                format: Format::Raw,
+                compression: CompressionMode::Auto,
             }]
         );
         assert_eq!(

@@ -48,6 +48,7 @@ pub async fn run(
         topic: TOPIC.into(),
         table: TABLE.into(),
         format: Format::Debezium,
+        compression: Default::default(),
     };
     let config = args.options.into_config(brokers.clone(), vec![table], env)?;
     let listeners = Listeners::bind(&config).await?;

@@ -42,6 +42,7 @@ pub mod memory;
 pub mod memory_guard;
 pub mod metrics;
 pub mod resources;
+pub mod sample_rows;
 pub mod shutdown;
 pub mod snapshot;
 pub mod store;

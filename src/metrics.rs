@@ -19,6 +19,9 @@ pub const READY: &str = "cdc_cache_ready";
 pub const TABLE_READY: &str = "cdc_cache_table_ready";
 pub const ENTRIES: &str = "cdc_cache_entries";
 pub const DATA_BYTES: &str = "cdc_cache_data_bytes";
+pub const STORED_BYTES: &str = "cdc_cache_stored_bytes";
+pub const COMPRESSION_RATIO: &str = "cdc_cache_compression_ratio";
+pub const COMPRESSION_DICTIONARY: &str = "cdc_cache_compression_dictionary_generation";
 pub const MEMORY_LIMIT_BYTES: &str = "cdc_cache_memory_limit_bytes";
 pub const PARTITION_POSITION: &str = "cdc_cache_partition_position";
 pub const PARTITION_HIGH_WATERMARK: &str = "cdc_cache_partition_high_watermark";
@@ -185,6 +188,12 @@ impl Metrics {
         self.counter(KEY_CONFLICTS_TOTAL, labels())
             .absolute(table.key_conflicts());
         self.gauge(DATA_BYTES, labels()).set(table.data_bytes() as f64);
+        self.gauge(STORED_BYTES, labels())
+            .set(table.stored_bytes() as f64);
+        self.gauge(COMPRESSION_RATIO, labels())
+            .set(table.compression_ratio());
+        self.gauge(COMPRESSION_DICTIONARY, labels())
+            .set(f64::from(table.compression().generation()));
         let bootstrap = table.bootstrap_duration().unwrap_or(Duration::ZERO);
         self.gauge(BOOTSTRAP_DURATION_SECONDS, labels())
             .set(bootstrap.as_secs_f64());
@@ -417,7 +426,22 @@ fn describe(recorder: &PrometheusRecorder) {
     gauge(
         DATA_BYTES,
         Some(Unit::Bytes),
-        "Bytes of keys and values held (map overhead not included; process_resident_memory_bytes is the process's memory).",
+        "Bytes of keys and values held, as received (map overhead not included; process_resident_memory_bytes is the process's memory).",
+    );
+    gauge(
+        STORED_BYTES,
+        Some(Unit::Bytes),
+        "Bytes the same keys and values take as stored: values compressed with the table's dictionary where it pays (--compression).",
+    );
+    gauge(
+        COMPRESSION_RATIO,
+        None,
+        "cdc_cache_data_bytes / cdc_cache_stored_bytes: how many times smaller the table's keys and values are as stored (1: not compressed).",
+    );
+    gauge(
+        COMPRESSION_DICTIONARY,
+        None,
+        "The table's compression dictionary generation in use: 0 none yet (sampling, --compression off, or values that do not compress), 1 after the first training, more after retraining.",
     );
     gauge(
         MEMORY_LIMIT_BYTES,

@@ -622,3 +622,95 @@ async fn loading_stops_short_of_the_memory_limit() {
     );
     assert!(sidecar.log().contains("loading stopped"), "{}", sidecar.log());
 }
+
+/// Produces realistic customer rows for `ids` to the topic "customers"; returns (key, row) pairs.
+fn produce_customers(
+    brokers: &str,
+    ids: Vec<u64>,
+    rng: &mut cdc_cache::sample_rows::Rng,
+) -> Vec<(String, String)> {
+    use cdc_cache::sample_rows::{customer, key};
+    let rows: Vec<(String, String)> = ids.into_iter().map(|id| (key(id), customer(id, rng))).collect();
+    let records: Vec<Record<'_>> = rows
+        .iter()
+        .map(|(k, v)| upsert(k.as_bytes(), v.as_bytes()))
+        .collect();
+    produce(brokers, "customers", &records);
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_compressed_after_training_and_read_back_whole() {
+    use cdc_cache::sample_rows::Rng;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customers", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut rng = Rng::new(3);
+    let rows = produce_customers(&brokers, (0..2000).collect(), &mut rng);
+
+    let app = TestApp::start(&brokers, &["--topic", "customers"]).await;
+    let mut client = app.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    // Once ready, the sample is enough: a dictionary is trained off the ingest path and the
+    // records held are recompressed in the background.
+    let ratio = eventually(READY_TIMEOUT, "a dictionary to be trained", || async {
+        let (_, metrics) = http_get(app.admin, "/metrics").await;
+        let generation = sample(
+            &metrics,
+            r#"cdc_cache_compression_dictionary_generation{table="customers"}"#,
+        )?;
+        let ratio = sample(&metrics, r#"cdc_cache_compression_ratio{table="customers"}"#)?;
+        (generation == 1.0 && ratio > 2.0).then_some(ratio)
+    })
+    .await;
+    let status = status(&mut client).await;
+    let table = &status.tables[0];
+    assert!(table.stored_bytes * 2 < table.data_bytes, "{table:?}");
+    assert!(
+        (table.compression_ratio - ratio).abs() < 0.5,
+        "{table:?} vs {ratio}"
+    );
+
+    // Rows written after training are compressed as they come; every read sees rows whole.
+    let updates = produce_customers(&brokers, (0..200).map(|id| id * 7).collect(), &mut rng);
+    let expected: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = rows
+        .into_iter()
+        .chain(updates)
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+        .collect();
+    wait_cache_is(&client, "customers", &expected, TAIL_TIMEOUT).await;
+    let keys: Vec<&[u8]> = expected.keys().take(100).map(Vec::as_slice).collect();
+    let many = multi_get(&mut client, "customers", &keys).await.unwrap();
+    for (key, hit) in keys.iter().zip(&many) {
+        assert_eq!(&hit.value[..], expected[*key].as_slice());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_off_stores_values_as_received() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customers", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce_customers(
+        &brokers,
+        (0..1000).collect(),
+        &mut cdc_cache::sample_rows::Rng::new(4),
+    );
+    let app = TestApp::start(&brokers, &["--topic", "customers", "--compression", "off"]).await;
+    let mut client = app.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    // Give the upkeep thread time to act if it (wrongly) would.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = status(&mut client).await;
+    let table = &status.tables[0];
+    assert_eq!(table.stored_bytes, table.data_bytes, "{table:?}");
+    assert_eq!(table.compression_ratio, 1.0);
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"cdc_cache_compression_dictionary_generation{table="customers"}"#
+        ),
+        Some(0.0)
+    );
+}

@@ -189,6 +189,17 @@ pub fn produce_all(
     key: impl Fn(usize) -> String,
     value: &[u8],
 ) -> usize {
+    produce_each(brokers, topic, count, key, |_| value.to_vec())
+}
+
+/// As [`produce_all`], with a value of its own per record.
+pub fn produce_each(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    key: impl Fn(usize) -> String,
+    mut value: impl FnMut(usize) -> Vec<u8>,
+) -> usize {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -200,8 +211,9 @@ pub fn produce_all(
     let mut bytes = 0;
     for i in 0..count {
         let k = key(i);
+        let value = value(i);
         bytes += k.len() + value.len();
-        let mut record = BaseRecord::<String, [u8]>::to(topic).key(&k).payload(value);
+        let mut record = BaseRecord::<String, [u8]>::to(topic).key(&k).payload(&value[..]);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -204,5 +204,7 @@ fn table_status(table: &Table, now_ms: i64) -> TableStatus {
         bootstrap_duration_ms: table.bootstrap_duration().map_or(0, |d| d.as_millis() as i64),
         problem: table.problem().unwrap_or_default(),
         key_conflicts: table.key_conflicts(),
+        stored_bytes: table.stored_bytes(),
+        compression_ratio: table.compression_ratio(),
     }
 }

@@ -206,6 +206,7 @@ mod tests {
             topic: topic.into(),
             table: "orders".into(),
             format: Format::Raw,
+            compression: Default::default(),
         });
         table.set_initial_partitions([PartitionState::new(0, 0, 100)]);
         table

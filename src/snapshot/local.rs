@@ -193,6 +193,7 @@ mod tests {
             topic: "orders".into(),
             table: "orders".into(),
             format: Format::Raw,
+            compression: Default::default(),
         });
         table.set_initial_partitions([PartitionState::new(0, 0, 10), PartitionState::new(1, 0, 10)]);
         for (p, offset, key) in [(0, 0, "a"), (0, 1, "b"), (1, 0, "c")] {

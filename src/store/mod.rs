@@ -2,6 +2,7 @@
 //!
 //! Ingest is the only writer; gRPC, status and metrics only read.
 
+pub mod compression;
 mod partition;
 mod readiness;
 mod record;
@@ -10,6 +11,7 @@ mod table;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+pub use compression::CompressionMode;
 pub use partition::PartitionState;
 pub use readiness::Latch;
 pub use record::{Found, Origin};
@@ -131,6 +133,7 @@ mod tests {
             topic: format!("topic.{table}"),
             table: table.to_string(),
             format: Format::Raw,
+            compression: Default::default(),
         }
     }
 

@@ -1,9 +1,12 @@
 //! One stored entry (key, value and where it came from) in a single allocation behind an
 //! 8-byte pointer.
 //!
-//! Layout: `[body_len][key_len][key][partition][offset][timestamp_ms][value]`, every number a
-//! LEB128 varint (the last three zigzag-encoded, so any `i32`/`i64` fits). The map's slot holds
-//! only the pointer; the allocation knows its own length.
+//! Layout: `[body_len][key_len << 1 | encoded][key][partition][offset][timestamp_ms][value]`,
+//! every number a LEB128 varint (the three of the origin zigzag-encoded, so any `i32`/`i64`
+//! fits). The map's slot holds only the pointer; the allocation knows its own length. An
+//! `encoded` value (see [`Stored`]) starts with the dictionary generation it was compressed with
+//! (0: compression was tried and did not pay, the bytes follow as they are), then the
+//! decompressed length, then the zstd frame; a plain value costs no byte more than before.
 //!
 //! Why `unsafe`: a `Box<[u8]>` slot is 16 bytes (pointer and length) and the fixed header it
 //! carried was 24, where this layout needs 8 and about 12 (1 + 1 + 1 + 3 + 6 for a million offsets
@@ -41,21 +44,93 @@ unsafe impl Sync for Record {}
 /// The longest varint of a `u64`.
 const MAX_VARINT: usize = 10;
 
+/// A value as a record holds it. Compression lives in [`super::compression`]; a record only
+/// keeps the bytes and says which they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// Stored as received, compression not tried (no dictionary yet, off, or too short).
+    Plain(&'a [u8]),
+    /// Compression with a dictionary was tried and did not pay: stored as received, and not
+    /// tried again.
+    Incompressible(&'a [u8]),
+    /// A zstd frame compressed with the table's dictionary `generation` (1 and up), `raw_len`
+    /// bytes once decompressed.
+    Compressed {
+        generation: u32,
+        raw_len: usize,
+        frame: &'a [u8],
+    },
+}
+
+impl Stored<'_> {
+    /// The value's length as received.
+    pub fn raw_len(&self) -> usize {
+        match *self {
+            Stored::Plain(bytes) | Stored::Incompressible(bytes) => bytes.len(),
+            Stored::Compressed { raw_len, .. } => raw_len,
+        }
+    }
+
+    /// The bytes the value takes in the record, its encoding's header included.
+    fn stored_len(&self) -> usize {
+        match *self {
+            Stored::Plain(bytes) => bytes.len(),
+            Stored::Incompressible(bytes) => 1 + bytes.len(),
+            Stored::Compressed {
+                generation,
+                raw_len,
+                frame,
+            } => varint_len(u64::from(generation)) + varint_len(raw_len as u64) + frame.len(),
+        }
+    }
+}
+
 impl Record {
+    /// A record of a value stored as received.
+    #[cfg(test)]
     pub fn new(key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) -> Record {
+        Record::with_value(
+            key,
+            Stored::Plain(value),
+            Origin {
+                partition,
+                offset,
+                timestamp_ms,
+            },
+        )
+    }
+
+    pub fn with_value(key: &[u8], value: Stored<'_>, origin: Origin) -> Record {
         let mut meta = [0u8; 3 * MAX_VARINT];
         let mut meta_len = 0;
-        for n in [i64::from(partition), offset, timestamp_ms] {
+        for n in [i64::from(origin.partition), origin.offset, origin.timestamp_ms] {
             meta_len += write_varint(zigzag(n), &mut meta[meta_len..]);
         }
-        let key_len = key.len() as u64;
-        let body_len = (varint_len(key_len) + key.len() + meta_len + value.len()) as u64;
+        let encoded = !matches!(value, Stored::Plain(_));
+        let key_field = (key.len() as u64) << 1 | u64::from(encoded);
+        let body_len = (varint_len(key_field) + key.len() + meta_len + value.stored_len()) as u64;
         let mut bytes = Vec::with_capacity(varint_len(body_len) + body_len as usize);
         push_varint(&mut bytes, body_len);
-        push_varint(&mut bytes, key_len);
+        push_varint(&mut bytes, key_field);
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(&meta[..meta_len]);
-        bytes.extend_from_slice(value);
+        match value {
+            Stored::Plain(raw) => bytes.extend_from_slice(raw),
+            Stored::Incompressible(raw) => {
+                push_varint(&mut bytes, 0);
+                bytes.extend_from_slice(raw);
+            }
+            Stored::Compressed {
+                generation,
+                raw_len,
+                frame,
+            } => {
+                push_varint(&mut bytes, u64::from(generation));
+                push_varint(&mut bytes, raw_len as u64);
+                bytes.extend_from_slice(frame);
+            }
+        }
+        debug_assert_eq!(bytes.len(), bytes.capacity());
         Record(allocate(bytes))
     }
 
@@ -84,30 +159,33 @@ impl Record {
         }
     }
 
-    /// The bytes after the length prefix: `[key_len][key][meta][value]`, with the key's bounds.
-    fn body(&self) -> (&[u8], std::ops::Range<usize>) {
+    /// The bytes after the length prefix: `[key field][key][meta][value]`, with the key's bounds
+    /// and whether the value is encoded.
+    fn body(&self) -> (&[u8], std::ops::Range<usize>, bool) {
         let mut bytes = self.bytes();
         read_varint(&mut bytes);
         let body = bytes;
-        let key_len = read_varint(&mut bytes) as usize;
+        let key_field = read_varint(&mut bytes);
+        let key_len = (key_field >> 1) as usize;
         let key_start = body.len() - bytes.len();
-        (body, key_start..key_start + key_len)
+        (body, key_start..key_start + key_len, key_field & 1 == 1)
     }
 
     pub fn key(&self) -> &[u8] {
-        let (body, key) = self.body();
+        let (body, key, _) = self.body();
         &body[key]
     }
 
-    /// Key plus value bytes: what a table's `data_bytes` counts.
+    /// Key plus value bytes as received: what a table's `data_bytes` counts.
     pub fn data_len(&self) -> i64 {
         let (key, value, _) = self.parts();
-        (key.len() + value.len()) as i64
+        (key.len() + value.raw_len()) as i64
     }
 
-    pub fn found(&self) -> Found {
-        let (value, origin) = self.value_and_origin();
-        origin.with_value(Bytes::copy_from_slice(value))
+    /// Key plus value bytes as stored (compressed, with the encoding's header).
+    pub fn stored_len(&self) -> i64 {
+        let (key, value, _) = self.parts();
+        (key.len() + value.stored_len()) as i64
     }
 
     /// Where the record came from.
@@ -115,22 +193,37 @@ impl Record {
         self.parts().2
     }
 
-    /// The value, and where the record came from.
-    pub fn value_and_origin(&self) -> (&[u8], Origin) {
+    /// The value as stored, and where the record came from.
+    pub fn value_and_origin(&self) -> (Stored<'_>, Origin) {
         let (_, value, origin) = self.parts();
         (value, origin)
     }
 
     /// Key, value and origin, read past the header's varints.
-    fn parts(&self) -> (&[u8], &[u8], Origin) {
-        let (body, key) = self.body();
+    fn parts(&self) -> (&[u8], Stored<'_>, Origin) {
+        let (body, key, encoded) = self.body();
         let mut rest = &body[key.end..];
         let origin = Origin {
             partition: unzigzag(read_varint(&mut rest)) as i32,
             offset: unzigzag(read_varint(&mut rest)),
             timestamp_ms: unzigzag(read_varint(&mut rest)),
         };
-        (&body[key], rest, origin)
+        let value = if !encoded {
+            Stored::Plain(rest)
+        } else {
+            match read_varint(&mut rest) {
+                0 => Stored::Incompressible(rest),
+                generation => {
+                    let raw_len = read_varint(&mut rest) as usize;
+                    Stored::Compressed {
+                        generation: generation as u32,
+                        raw_len,
+                        frame: rest,
+                    }
+                }
+            }
+        };
+        (&body[key], value, origin)
     }
 }
 
@@ -223,7 +316,7 @@ impl fmt::Debug for Record {
         let (key, value, origin) = self.parts();
         f.debug_struct("Record")
             .field("key", &String::from_utf8_lossy(key))
-            .field("value_len", &value.len())
+            .field("value_len", &value.raw_len())
             .field("partition", &origin.partition)
             .field("offset", &origin.offset)
             .finish()
@@ -297,6 +390,46 @@ fn read_varint(bytes: &mut &[u8]) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    impl Record {
+        /// The hit for a record of a plain value.
+        fn found(&self) -> Found {
+            let (Stored::Plain(value), origin) = self.value_and_origin() else {
+                panic!("not a plain value: {self:?}");
+            };
+            origin.with_value(Bytes::copy_from_slice(value))
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            partition: 3,
+            offset: 77,
+            timestamp_ms: 1_763_900_000_000,
+        }
+    }
+
+    #[test]
+    fn encoded_values_keep_their_generation_and_lengths() {
+        let frame = [9u8; 40];
+        let compressed = Stored::Compressed {
+            generation: 300,
+            raw_len: 1000,
+            frame: &frame,
+        };
+        let record = Record::with_value(b"key", compressed, origin());
+        assert_eq!(record.key(), b"key");
+        assert_eq!(record.value_and_origin(), (compressed, origin()));
+        assert_eq!(record.data_len(), 3 + 1000);
+        // Generation 300 and length 1000 take two bytes each.
+        assert_eq!(record.stored_len(), 3 + 2 + 2 + 40);
+
+        let kept = Stored::Incompressible(b"random bytes");
+        let record = Record::with_value(b"key", kept, origin());
+        assert_eq!(record.value_and_origin(), (kept, origin()));
+        assert_eq!(record.data_len(), 3 + 12);
+        assert_eq!(record.stored_len(), 3 + 1 + 12);
+    }
 
     #[test]
     fn round_trips_typical_record() {
@@ -398,6 +531,24 @@ mod tests {
             let found = record.found();
             prop_assert_eq!(found.value.as_ref(), value.as_slice());
             prop_assert_eq!((found.partition, found.offset, found.timestamp_ms), (partition, offset, timestamp_ms));
+        }
+
+        #[test]
+        fn any_encoded_record_round_trips(
+            key in proptest::collection::vec(any::<u8>(), 0..300),
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            generation in 0u32..100_000,
+            raw_len in 0usize..1 << 40,
+        ) {
+            let value = if generation == 0 {
+                Stored::Incompressible(&bytes)
+            } else {
+                Stored::Compressed { generation, raw_len, frame: &bytes }
+            };
+            let record = Record::with_value(&key, value, origin());
+            prop_assert_eq!(record.key(), key.as_slice());
+            prop_assert_eq!(record.value_and_origin(), (value, origin()));
+            prop_assert_eq!(record.data_len(), (key.len() + value.raw_len()) as i64);
         }
     }
 }

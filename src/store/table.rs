@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use dashmap::DashMap;
 
+use super::compression::Compression;
 use super::partition::PartitionState;
 use super::readiness::Latch;
 use super::record::{Found, Origin, Record};
@@ -79,16 +80,41 @@ pub struct Progress {
     pub partitions_caught_up: usize,
 }
 
+/// A record's key and value bytes, as received and as stored.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sizes {
+    data: i64,
+    stored: i64,
+}
+
+impl Sizes {
+    fn of(record: &Record) -> Self {
+        Sizes {
+            data: record.data_len(),
+            stored: record.stored_len(),
+        }
+    }
+
+    fn add(&mut self, other: Sizes) {
+        self.data += other.data;
+        self.stored += other.stored;
+    }
+}
+
 pub struct Table {
     name: String,
     topic: String,
     format: Format,
-    entries: DashMap<Record, ()>,
+    pub(super) entries: DashMap<Record, ()>,
+    /// How values are stored: the dictionaries and the sample being taken.
+    compression: Compression,
     partitions: RwLock<BTreeMap<i32, Arc<PartitionState>>>,
     /// Set once the partitions present at start-up are registered; until then nothing is ready.
     partitions_known: AtomicBool,
-    /// Bytes of keys and values held (not counting map overhead).
+    /// Bytes of keys and values held, as received (not counting map overhead).
     data_bytes: AtomicI64,
+    /// The same keys and values as stored (compressed where it pays).
+    stored_bytes: AtomicI64,
     /// Keys deleted during bootstrap, with the (timestamp, partition) of the delete: while
     /// partitions are replayed in no particular order, an older row of the same key from another
     /// partition must not come back after its delete. Dropped once the table is ready.
@@ -137,9 +163,11 @@ impl Table {
             topic: config.topic.clone(),
             format: config.format,
             entries: DashMap::new(),
+            compression: Compression::new(config.compression),
             partitions: RwLock::new(BTreeMap::new()),
             partitions_known: AtomicBool::new(false),
             data_bytes: AtomicI64::new(0),
+            stored_bytes: AtomicI64::new(0),
             bootstrap_deletes: DashMap::new(),
             key_conflicts: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
@@ -178,6 +206,30 @@ impl Table {
 
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Key and value bytes as stored; below [`Table::data_bytes`] once values are compressed.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// How many times smaller the keys and values are as stored (1.0: not compressed).
+    pub fn compression_ratio(&self) -> f64 {
+        match self.stored_bytes() {
+            0 => 1.0,
+            stored => self.data_bytes() as f64 / stored as f64,
+        }
+    }
+
+    pub fn compression(&self) -> &Compression {
+        &self.compression
+    }
+
+    /// Counts a record's bytes in (`sign` 1) or out (-1) of the byte totals.
+    fn account(&self, sizes: Sizes, sign: i64) {
+        self.data_bytes.fetch_add(sign * sizes.data, Ordering::Relaxed);
+        self.stored_bytes
+            .fetch_add(sign * sizes.stored, Ordering::Relaxed);
     }
 
     /// A record of `bytes` key and value bytes came from Kafka.
@@ -326,9 +378,14 @@ impl Table {
         }
         let applied = match change {
             Change::Upsert { key, value } => {
-                let added = (key.len() + value.len()) as i64;
                 let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
-                let record = Record::new(&key, &value, incoming.1, offset, incoming.0);
+                let origin = Origin {
+                    partition: incoming.1,
+                    offset,
+                    timestamp_ms: incoming.0,
+                };
+                let record = self.compression.record(&key, &value, origin);
+                let added = Sizes::of(&record);
                 // Replace key and value in place, so a concurrent reader never sees the key absent.
                 match self.entries.entry(record) {
                     dashmap::Entry::Occupied(entry) => {
@@ -340,8 +397,9 @@ impl Table {
                                 return Applied::Superseded;
                             }
                         }
-                        let removed = entry.replace_entry(()).0.data_len();
-                        self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
+                        let removed = Sizes::of(&entry.replace_entry(()).0);
+                        self.account(added, 1);
+                        self.account(removed, -1);
                         Applied::Upserted
                     }
                     dashmap::Entry::Vacant(entry) => {
@@ -358,7 +416,7 @@ impl Table {
                             return Applied::Superseded;
                         }
                         entry.insert(());
-                        self.data_bytes.fetch_add(added, Ordering::Relaxed);
+                        self.account(added, 1);
                         // Only a new key can bring a new shape; overwrites pay nothing.
                         if self.format == Format::Debezium {
                             self.key_shapes.observe(&key);
@@ -381,7 +439,7 @@ impl Table {
                     if record.origin().partition != incoming.1 {
                         self.key_conflicts.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
+                    self.account(Sizes::of(&record), -1);
                 }
                 if !self.is_ready() {
                     self.remember_delete(key.into_boxed_slice(), incoming);
@@ -397,19 +455,19 @@ impl Table {
                 let truncated = partition.partition();
                 let bootstrapping = !self.is_ready();
                 let incoming = (timestamp_ms.unwrap_or(-1), truncated);
-                let mut removed = 0;
+                let mut removed = Sizes::default();
                 let mut removed_keys = Vec::new();
                 self.entries.retain(|record, ()| {
                     let keep = record.origin().partition != truncated;
                     if !keep {
-                        removed += record.data_len();
+                        removed.add(Sizes::of(record));
                         if bootstrapping {
                             removed_keys.push(Box::from(record.key()));
                         }
                     }
                     keep
                 });
-                self.data_bytes.fetch_sub(removed, Ordering::Relaxed);
+                self.account(removed, -1);
                 // As for a delete: an older copy of these keys from another partition, replayed
                 // later, must not come back.
                 for key in removed_keys {
@@ -460,50 +518,78 @@ impl Table {
             .remove_if(key, |record, ()| record.origin().partition == partition)
         {
             Some((record, ())) => {
-                self.data_bytes.fetch_sub(record.data_len(), Ordering::Relaxed);
+                self.account(Sizes::of(&record), -1);
                 true
             }
             None => false,
         }
     }
 
-    /// Visits every record. The map is read shard by shard, each read-locked while it is
-    /// visited: readers go on, writers to that shard wait that long.
+    /// Visits every record, its value as received. The map is read shard by shard, each
+    /// read-locked while it is visited: readers go on, writers to that shard wait that long.
     pub fn for_each_record(&self, mut visit: impl FnMut(&[u8], &[u8], Origin)) {
+        let mut value = Vec::new();
         for entry in self.entries.iter() {
             let record = entry.key();
-            let (value, origin) = record.value_and_origin();
-            visit(record.key(), value, origin);
+            let (stored, origin) = record.value_and_origin();
+            value.resize(stored.raw_len(), 0);
+            self.compression.decompress_into(stored, &mut value);
+            visit(record.key(), &value, origin);
         }
     }
 
     /// Puts a record from a snapshot in place, as it was written (no offset checks: the
     /// partitions' positions are restored with it).
     pub fn restore(&self, key: &[u8], value: &[u8], partition: i32, offset: i64, timestamp_ms: i64) {
-        let added = (key.len() + value.len()) as i64;
-        let record = Record::new(key, value, partition, offset, timestamp_ms);
-        let removed = match self.entries.entry(record) {
-            dashmap::Entry::Occupied(entry) => entry.replace_entry(()).0.data_len(),
+        let origin = Origin {
+            partition,
+            offset,
+            timestamp_ms,
+        };
+        let record = self.compression.record(key, value, origin);
+        self.account(Sizes::of(&record), 1);
+        match self.entries.entry(record) {
+            dashmap::Entry::Occupied(entry) => {
+                self.account(Sizes::of(&entry.replace_entry(()).0), -1);
+            }
             dashmap::Entry::Vacant(entry) => {
                 entry.insert(());
                 if self.format == Format::Debezium {
                     self.key_shapes.observe(key);
                 }
-                0
             }
-        };
-        self.data_bytes.fetch_add(added - removed, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts `record` in place of the one held for its key if that one still has the same
+    /// origin (the same write, stored another way); true if it did.
+    pub(super) fn replace_if_unchanged(&self, record: Record) -> bool {
+        let origin = record.origin();
+        let added = Sizes::of(&record);
+        match self.entries.entry(record) {
+            dashmap::Entry::Occupied(entry) if entry.key().origin() == origin => {
+                let removed = Sizes::of(&entry.replace_entry(()).0);
+                self.account(added, 1);
+                self.account(removed, -1);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drops every record (a snapshot that failed to load half-way).
     pub fn clear(&self) {
         self.entries.clear();
         self.data_bytes.store(0, Ordering::Relaxed);
+        self.stored_bytes.store(0, Ordering::Relaxed);
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         // The shard guard lives only for this expression: copy out and release.
-        self.entries.get(key).map(|entry| entry.key().found())
+        self.entries.get(key).map(|entry| {
+            let (stored, origin) = entry.key().value_and_origin();
+            origin.with_value(self.compression.value(stored))
+        })
     }
 
     /// Looks up every key in order. The values found are copied into one buffer that the results
@@ -521,16 +607,18 @@ impl Table {
             // As in `get`, each shard guard lives only while its value is copied out.
             let hit = self.entries.get(key.as_ref()).map(|entry| {
                 let (value, origin) = entry.key().value_and_origin();
+                let len = value.raw_len();
                 if values.capacity() == 0 {
                     // Sized from the first value, so the buffer rarely grows (and copies) while
                     // a guard is held; never beyond what may be sent.
-                    values.reserve((value.len().max(16) * (keys.len() - index)).min(max_bytes));
+                    values.reserve((len.max(16) * (keys.len() - index)).min(max_bytes));
                 }
                 let start = values.len();
-                if start + value.len() <= max_bytes {
-                    values.extend_from_slice(value);
+                if start + len <= max_bytes {
+                    values.resize(start + len, 0);
+                    self.compression.decompress_into(value, &mut values[start..]);
                 }
-                (start..start + value.len(), origin)
+                (start..start + len, origin)
             });
             if let Some((range, _)) = &hit {
                 if range.end > max_bytes {
