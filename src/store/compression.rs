@@ -377,17 +377,25 @@ impl Table {
                 return swapped;
             }
             for key in keys {
-                let Some((origin, value)) = self.entries.get(&*key).and_then(|entry| {
+                let Some((origin, value, stored_len)) = self.entries.get(&*key).and_then(|entry| {
                     let record = entry.key();
                     let (stored, origin) = record.value_and_origin();
                     compression
                         .needs_recompression(record, encoder.generation)
-                        .then(|| (origin, compression.value(stored)))
+                        .then(|| (origin, compression.value(stored), record.stored_len()))
                 }) else {
                     continue;
                 };
                 let record = compression.compressed_record(&encoder, &key, &value, origin);
-                if self.replace_if_unchanged(record) {
+                // The same write still held: same origin, same stored size, same value. (A
+                // partition rebuilt after a log reset can repeat an origin with another value.)
+                let unchanged = |held: &Record| {
+                    let (stored, held_origin) = held.value_and_origin();
+                    held_origin == origin
+                        && held.stored_len() == stored_len
+                        && compression.value(stored) == value
+                };
+                if self.replace_if_unchanged(record, unchanged) {
                     swapped += 1;
                 }
             }

@@ -561,13 +561,12 @@ impl Table {
         }
     }
 
-    /// Puts `record` in place of the one held for its key if that one still has the same
-    /// origin (the same write, stored another way); true if it did.
-    pub(super) fn replace_if_unchanged(&self, record: Record) -> bool {
-        let origin = record.origin();
+    /// Puts `record` in place of the one held for its key if `unchanged` says that one is still
+    /// the record it was made from (the same write, to be stored another way); true if it did.
+    pub(super) fn replace_if_unchanged(&self, record: Record, unchanged: impl Fn(&Record) -> bool) -> bool {
         let added = Sizes::of(&record);
         match self.entries.entry(record) {
-            dashmap::Entry::Occupied(entry) if entry.key().origin() == origin => {
+            dashmap::Entry::Occupied(entry) if unchanged(entry.key()) => {
                 let removed = Sizes::of(&entry.replace_entry(()).0);
                 self.account(added, 1);
                 self.account(removed, -1);
