@@ -234,39 +234,34 @@ fn memory(
 ) -> String {
     let idle_rss = Sidecar::start(brokers, "bench.empty", tcp_addr()).settled_rss();
     let series = |name: &str| format!(r#"{name}{{table="{TOPIC}"}}"#);
-    // Compression settles after a dictionary is trained and the records held are recompressed.
-    let settled = |sidecar: &Sidecar| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let generation = series("cdc_cache_compression_dictionary_generation");
+    // With compression, memory settles once a dictionary is trained and the records held are
+    // recompressed: wait for the generation and ratio to stop moving.
+    let settled = |sidecar: &Sidecar, compression: &str| {
         let ratio = series("cdc_cache_compression_ratio");
-        let mut last = (0.0, 0.0);
-        while Instant::now() < deadline {
-            let now = (
-                sidecar.metric(&generation).unwrap_or(0.0),
-                sidecar.metric(&ratio).unwrap_or(1.0),
-            );
-            if now.0 >= 1.0 && now == last {
-                break;
+        if compression != "off" {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let generation = series("cdc_cache_compression_dictionary_generation");
+            let mut last = (0.0, 0.0);
+            while Instant::now() < deadline {
+                let now = (
+                    sidecar.metric(&generation).unwrap_or(0.0),
+                    sidecar.metric(&ratio).unwrap_or(1.0),
+                );
+                if now.0 >= 1.0 && now == last {
+                    break;
+                }
+                last = now;
+                std::thread::sleep(Duration::from_secs(1));
             }
-            last = now;
-            std::thread::sleep(Duration::from_secs(1));
         }
         (sidecar.settled_rss(), sidecar.metric(&ratio).unwrap_or(1.0))
     };
     let other = if o.compression == "off" { "auto" } else { "off" };
-    let (sidecar_rss, ratio) = if o.compression == "off" {
-        (loaded.settled_rss(), 1.0)
-    } else {
-        settled(loaded)
-    };
-    let (other_rss, other_ratio) = {
-        let sidecar = Sidecar::start_with(brokers, TOPIC, tcp_addr(), &["--compression", other]);
-        if other == "off" {
-            (sidecar.settled_rss(), 1.0)
-        } else {
-            settled(&sidecar)
-        }
-    };
+    let (sidecar_rss, ratio) = settled(loaded, &o.compression);
+    let (other_rss, other_ratio) = settled(
+        &Sidecar::start_with(brokers, TOPIC, tcp_addr(), &["--compression", other]),
+        other,
+    );
     let raw = (key(0).len() + (0..1000).map(|i| value(&o.dataset, i).len()).sum::<usize>() / 1000) as f64;
     let per = |bytes: u64| bytes as f64 / o.keys as f64;
     let ours = per(sidecar_rss.saturating_sub(idle_rss));

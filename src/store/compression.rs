@@ -20,7 +20,7 @@
 //! decoding dictionaries of a few tens of KiB each per table, after which retraining stops.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -103,7 +103,6 @@ pub struct Compression {
     /// Bytes in and out of compression since the last ratio check.
     window_raw: AtomicU64,
     window_stored: AtomicU64,
-    trainings: AtomicU32,
 }
 
 thread_local! {
@@ -123,7 +122,6 @@ impl Compression {
             gave_up: AtomicBool::new(false),
             window_raw: AtomicU64::new(0),
             window_stored: AtomicU64::new(0),
-            trainings: AtomicU32::new(0),
         }
     }
 
@@ -286,7 +284,7 @@ impl Compression {
                 return false;
             }
         };
-        let generation = self.trainings.load(Ordering::Relaxed) + 1;
+        let generation = self.generation() + 1;
         let encoder = Encoder {
             generation,
             dictionary: CDict::create(&dictionary, LEVEL),
@@ -326,7 +324,6 @@ impl Compression {
         {
             return false;
         }
-        self.trainings.store(generation, Ordering::Relaxed);
         *self.encoder.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Encoder {
             trained_ratio,
             ..encoder

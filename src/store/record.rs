@@ -176,16 +176,22 @@ impl Record {
         &body[key]
     }
 
-    /// Key plus value bytes as received: what a table's `data_bytes` counts.
-    pub fn data_len(&self) -> i64 {
+    /// Key plus value bytes as received (what a table's `data_bytes` counts) and as stored
+    /// (compressed, with the encoding's header), from one read of the header.
+    pub fn lens(&self) -> (i64, i64) {
         let (key, value, _) = self.parts();
-        (key.len() + value.raw_len()) as i64
+        (
+            (key.len() + value.raw_len()) as i64,
+            (key.len() + value.stored_len()) as i64,
+        )
     }
 
-    /// Key plus value bytes as stored (compressed, with the encoding's header).
+    pub fn data_len(&self) -> i64 {
+        self.lens().0
+    }
+
     pub fn stored_len(&self) -> i64 {
-        let (key, value, _) = self.parts();
-        (key.len() + value.stored_len()) as i64
+        self.lens().1
     }
 
     /// Where the record came from.

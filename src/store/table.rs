@@ -89,10 +89,8 @@ struct Sizes {
 
 impl Sizes {
     fn of(record: &Record) -> Self {
-        Sizes {
-            data: record.data_len(),
-            stored: record.stored_len(),
-        }
+        let (data, stored) = record.lens();
+        Sizes { data, stored }
     }
 
     fn add(&mut self, other: Sizes) {

@@ -218,6 +218,16 @@ def validate(docs, kube_version=KUBE_VERSION):
             check_pod_names(pod)
 
 
+def expected_warning(annotations, labels):
+    """A promtool `exp_alerts` entry: a warning with `labels`, its annotations templated with them."""
+    rendered = {}
+    for key, text in annotations.items():
+        for name, value in labels.items():
+            text = text.replace("{{ $labels.%s }}" % name, value)
+        rendered[key] = text
+    return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": rendered}
+
+
 def check_crd(doc):
     """What kubernetes-validate cannot check: the Prometheus Operator objects' shape."""
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
@@ -987,12 +997,7 @@ def test_release_scoped_snapshot_alert_follows_the_snapshot_interval(render, tmp
     job = "shop/orders-cdc-cache"
     def expected(pod):
         labels = {"namespace": "shop", "pod": pod, "container": "cdc-cache", "table": "orders"}
-        annotations = {}
-        for key, text in original["annotations"].items():
-            for name, value in labels.items():
-                text = text.replace("{{ $labels.%s }}" % name, value)
-            annotations[key] = text
-        return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
+        return expected_warning(original["annotations"], labels)
 
     # Written at 20m and 40m, then never again: older than 3 x 20m from 101m, fires at 131m. The
     # same series of another release never fires here.
@@ -1352,13 +1357,7 @@ def test_snapshot_alert_fires_when_the_publisher_stops_writing(render, tmp_path)
     original = rule["annotations"]
 
     def expected(pod):
-        values = {**common, "pod": pod}
-        annotations = {}
-        for key, text in original.items():
-            for name, value in values.items():
-                text = text.replace("{{ $labels.%s }}" % name, value)
-            annotations[key] = text
-        return {"exp_labels": {"severity": "warning", **values}, "exp_annotations": annotations}
+        return expected_warning(original, {**common, "pod": pod})
 
     tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
         "interval": "1m",
@@ -1726,12 +1725,7 @@ def test_release_scoped_not_ready_alert_fires_at_this_releases_budget(render, tm
 
     def expected(pod):
         labels = {"namespace": "shop", "pod": pod, "container": "cdc-cache"}
-        annotations = {}
-        for key, text in original["annotations"].items():
-            for name, value in labels.items():
-                text = text.replace("{{ $labels.%s }}" % name, value)
-            annotations[key] = text
-        return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
+        return expected_warning(original["annotations"], labels)
 
     def series(job, pod, values):
         return {"series": f'cdc_cache_ready{{job="{job}",namespace="shop",pod="{pod}",container="cdc-cache"}}',
