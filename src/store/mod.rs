@@ -15,7 +15,7 @@ pub use compression::CompressionMode;
 pub use partition::PartitionState;
 pub use readiness::Latch;
 pub use record::{Found, Origin};
-pub use table::{Applied, Change, Progress, Table, TooLarge};
+pub use table::{Applied, Change, Prepared, Progress, Table, TooLarge};
 
 use crate::config::TableConfig;
 
@@ -155,6 +155,49 @@ mod tests {
         table.set_initial_partitions([PartitionState::new(0, 0, end_offset)]);
         let p = table.partition(0).unwrap();
         (table, p)
+    }
+
+    #[test]
+    fn the_map_is_sized_for_the_log_before_loading() {
+        let table = Table::new(&config("t"));
+        table.set_initial_partitions([
+            PartitionState::new(0, 10, 50_010),
+            PartitionState::new(1, 0, 30_000),
+        ]);
+        let capacity: usize = table.entries.shards().iter().map(|s| s.read().capacity()).sum();
+        assert!(capacity >= 80_000, "{capacity}");
+        // Far more than the cap is not reserved: a topic of updates must not take the memory.
+        let huge = Table::new(&config("huge"));
+        huge.set_initial_partitions([PartitionState::new(0, 0, 1 << 40)]);
+        let capacity: usize = huge.entries.shards().iter().map(|s| s.read().capacity()).sum();
+        assert!(capacity < 20 << 20, "{capacity}");
+    }
+
+    #[test]
+    fn prepared_records_apply_like_changes() {
+        let (table, p) = one_partition_table(3);
+        // Prepared on another thread, applied here, in offset order.
+        let prepared = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    [(0, upsert("a", "1")), (1, upsert("b", "2")), (2, delete("a"))]
+                        .map(|(offset, change)| table.prepare(0, offset, Some(1000 + offset), change))
+                })
+                .join()
+                .unwrap()
+        });
+        let applied: Vec<Applied> = prepared
+            .into_iter()
+            .enumerate()
+            .map(|(offset, change)| {
+                table.apply_prepared(&p, offset as i64, Some(1000 + offset as i64), change)
+            })
+            .collect();
+        assert_eq!(applied, [Applied::Upserted, Applied::Upserted, Applied::Deleted]);
+        assert_eq!(table.get(b"a"), None);
+        assert_eq!(table.get(b"b").unwrap().value, Bytes::from_static(b"2"));
+        assert_eq!(table.get(b"b").unwrap().offset, 1);
+        assert_eq!(p.position(), 3);
     }
 
     #[test]
