@@ -143,6 +143,13 @@ pub struct ServeOptions {
     #[arg(long, env = "CDC_CACHE_ON_DECODE_ERROR", default_value = "skip")]
     pub on_decode_error: OnDecodeError,
 
+    /// Threads that decode records (and compress values) in parallel, across the records of
+    /// every partition; each partition's records are still applied in offset order. 0: one per
+    /// CPU the container may use (its CPU limit, rounded up), so a sidecar limited to one CPU
+    /// decodes on its ingest thread alone.
+    #[arg(long, env = "CDC_CACHE_DECODE_THREADS", default_value_t = 0, value_name = "N")]
+    pub decode_threads: usize,
+
     /// How values are stored: `auto` trains a zstd dictionary per table from its own rows and
     /// keeps values compressed where it pays (keys stay as they are); `off` stores them as
     /// received.

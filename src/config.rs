@@ -107,6 +107,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub partition_discovery_interval: Duration,
     pub on_decode_error: OnDecodeError,
+    /// Threads decoding records in parallel; 1: on the ingest thread alone.
+    pub decode_threads: usize,
     /// Share of the memory limit at which loading stops; 0 for never.
     pub memory_limit_ratio: f64,
     /// The memory limit given by flag; None: the container's (cgroup) limit.
@@ -123,6 +125,8 @@ pub enum ConfigError {
     NoTopic,
     #[error("--brokers: empty; expected HOST:PORT[,...]")]
     NoBrokers,
+    #[error("--decode-threads {0}: at most {MAX_DECODE_THREADS} (0: one per CPU)")]
+    DecodeThreads(usize),
     #[error("--topic {value:?}: {reason}")]
     Topic { value: String, reason: String },
     #[error("--grpc-listen {value:?}: {reason}")]
@@ -272,11 +276,24 @@ impl ServeOptions {
             shutdown_grace: self.shutdown_grace,
             partition_discovery_interval: self.partition_discovery_interval,
             on_decode_error: self.on_decode_error,
+            decode_threads: decode_threads(self.decode_threads)?,
             memory_limit_ratio: ratio,
             memory_limit: self.memory_limit,
             snapshots,
             deprecations,
         })
+    }
+}
+
+/// Most decode threads accepted: more than the machine's CPUs only adds switching.
+const MAX_DECODE_THREADS: usize = 64;
+
+/// `--decode-threads`: 0 is one per CPU the process may use (std reads the cgroup CPU quota).
+fn decode_threads(flag: usize) -> Result<usize, ConfigError> {
+    match flag {
+        0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODE_THREADS))),
+        n if n <= MAX_DECODE_THREADS => Ok(n),
+        n => Err(ConfigError::DecodeThreads(n)),
     }
 }
 
@@ -479,6 +496,20 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.on_decode_error, OnDecodeError::Skip);
         assert!(config.kafka_options.is_empty());
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.decode_threads, cpus.min(MAX_DECODE_THREADS));
+    }
+
+    #[test]
+    fn decode_threads_are_bounded() {
+        let with = |n: &str| serve(&["--brokers", "k:9092", "--topic", "t", "--decode-threads", n]);
+        assert_eq!(with("1").unwrap().decode_threads, 1);
+        assert_eq!(with("64").unwrap().decode_threads, 64);
+        assert_eq!(
+            with("65").unwrap_err(),
+            "--decode-threads 65: at most 64 (0: one per CPU)"
+        );
+        assert!(with("-1").is_err());
     }
 
     #[test]

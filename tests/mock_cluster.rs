@@ -714,3 +714,48 @@ async fn compression_off_stores_values_as_received() {
         Some(0.0)
     );
 }
+
+/// Batches are decoded on several threads; each partition's records must still be applied in
+/// offset order. Every key is written several times, many are deleted (tombstones and Debezium
+/// delete events) and some written again, all in one burst so the batches are large: the cache
+/// must end equal to the last write per key, exactly as one thread applying record by record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_decode_applies_every_partition_in_offset_order() {
+    use cdc_cache::sample_rows::{change_event, customer, key, Rng};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customers", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut rng = Rng::new(11);
+    let mut events: Vec<(String, Option<String>)> = Vec::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for round in 0..4u64 {
+        for id in 0..1500u64 {
+            let k = key(id);
+            let deleted = (id + round) % 5 == 0;
+            if deleted && round % 2 == 0 {
+                events.push((k.clone(), None));
+            } else if deleted {
+                let before = customer(id, &mut rng);
+                let event = format!(r#"{{"before":{before},"after":null,"op":"d","ts_ms":1795408445420}}"#);
+                events.push((k.clone(), Some(event)));
+            } else {
+                let row = customer(id, &mut rng);
+                events.push((k.clone(), Some(change_event(&row, "customers", &mut rng))));
+                expected.insert(k.into_bytes(), row.into_bytes());
+                continue;
+            }
+            expected.remove(k.as_bytes());
+        }
+    }
+    produce(&brokers, "customers", &rows_as_records(&events));
+
+    let app = TestApp::start(
+        &brokers,
+        &["--topic", "customers:debezium", "--decode-threads", "4"],
+    )
+    .await;
+    let client = app.client().await;
+    wait_ready(&mut client.clone(), READY_TIMEOUT).await;
+    assert!(expected.len() > 1000, "most keys end alive");
+    wait_cache_is(&client, "customers", &expected, TAIL_TIMEOUT).await;
+}

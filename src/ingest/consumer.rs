@@ -16,24 +16,24 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::batch::{self, Decoders, Incoming};
 use super::context::IngestContext;
 use super::kafka_config::{client_config, is_secret_key};
 use super::log_check::{LogBounds, LogWatch, Reset};
 use super::rate_limit::RateLimit;
 use crate::clock::now_ms;
 use crate::config::{Config, OnDecodeError};
-use crate::format::{self, DecodeError, Format};
+use crate::format::DecodeError;
 use crate::metrics::{Metrics, TableMetrics};
 use crate::snapshot::load::{load_newest, Outcome as LoadOutcome};
 use crate::snapshot::local::LocalSnapshots;
 use crate::snapshot::remote::RemoteSnapshots;
-use crate::store::{Applied, Change, PartitionState, Store, Table};
+use crate::store::{Applied, PartitionState, Store, Table};
 
 /// How long one poll waits for a record; also how quickly a shutdown request is noticed.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -119,6 +119,12 @@ pub fn start(
     cancel: CancellationToken,
     fatal: CancellationToken,
 ) -> Result<IngestHandle, IngestError> {
+    let decoders = Arc::new(
+        Decoders::new(config.decode_threads).map_err(|reason| IngestError::Client {
+            table: "(all)".into(),
+            reason,
+        })?,
+    );
     let mut workers = Vec::new();
     for table in store.tables() {
         let table_metrics = metrics.table(table.name());
@@ -132,6 +138,7 @@ pub fn start(
             store: store.clone(),
             metrics: table_metrics,
             on_decode_error: config.on_decode_error,
+            decoders: decoders.clone(),
             discovery_interval: config.partition_discovery_interval,
             cancel: cancel.clone(),
             partitions: HashMap::new(),
@@ -198,6 +205,8 @@ struct Worker {
     store: Arc<Store>,
     metrics: Arc<TableMetrics>,
     on_decode_error: OnDecodeError,
+    /// Prepare batches of records in parallel (shared by every table).
+    decoders: Arc<Decoders>,
     discovery_interval: Duration,
     cancel: CancellationToken,
     /// The table's partitions, cached here so the hot path takes no lock.
@@ -257,18 +266,19 @@ impl Worker {
                 let _ = self.consumer.poll(POLL_TIMEOUT);
                 continue;
             }
-            // Decoded here, so the message (which borrows the consumer) is released before the
-            // record changes the worker's state.
-            let format = self.table.format();
-            let polled = self
-                .consumer
-                .poll(POLL_TIMEOUT)
-                .map(|result| result.map(|message| Incoming::decode(format, &message)));
-            match polled {
+            // Prepared here, so the messages (which borrow the consumer) are released before
+            // the records change the worker's state.
+            let (records, event) = batch::take(&self.consumer, POLL_TIMEOUT, &self.table, &self.decoders);
+            if !records.is_empty() {
+                self.made_progress();
+            }
+            for record in records {
+                self.apply(record)?;
+            }
+            match event {
                 None => {}
-                Some(Ok(record)) => self.apply(record)?,
-                Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
-                Some(Err(error)) => self.consumer_error(error),
+                Some(KafkaError::PartitionEOF(partition)) => self.reached_end(partition),
+                Some(error) => self.consumer_error(error),
             }
             let now = Instant::now();
             if now >= next_log_check {
@@ -505,7 +515,7 @@ impl Worker {
             partition: id,
             offset,
             timestamp,
-            decoded,
+            prepared,
         } = record;
         let Some(partition) = self.partitions.get(&id).cloned() else {
             debug!(
@@ -515,7 +525,6 @@ impl Worker {
             );
             return Ok(());
         };
-        self.made_progress();
         self.table.note_fetched(bytes);
         if !partition.is_new(offset) {
             return Ok(()); // a redelivery (brokers and restarts do this): already applied or skipped
@@ -528,14 +537,14 @@ impl Worker {
                 .or_default()
                 .on_record(position, offset, Instant::now());
         }
-        match decoded {
+        match prepared {
             Ok(change) => {
                 if let Some(stale) = self.rebuilds.get_mut(&id) {
                     if let Some(key) = change.key() {
                         stale.remove(key);
                     }
                 }
-                match self.table.apply(&partition, offset, timestamp, change) {
+                match self.table.apply_prepared(&partition, offset, timestamp, change) {
                     Applied::Upserted => self.metrics.record_upserts(1),
                     Applied::Deleted => self.metrics.record_deletes(1),
                     Applied::Truncated => self.metrics.record_truncates(1),
@@ -964,28 +973,6 @@ struct WarmStart {
     remote: Option<RemoteSnapshots>,
     /// The oldest snapshot to accept.
     max_age: Duration,
-}
-
-/// A record taken off the consumer, decoded.
-struct Incoming {
-    /// Key and value bytes, as fetched.
-    bytes: usize,
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    decoded: Result<Change, DecodeError>,
-}
-
-impl Incoming {
-    fn decode(format: Format, message: &BorrowedMessage<'_>) -> Incoming {
-        Incoming {
-            bytes: message.key_len() + message.payload_len(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            decoded: format::decode(format, message.key(), message.payload()),
-        }
-    }
 }
 
 /// Why the topic's metadata could not be read, with the Kafka error code where there is one.

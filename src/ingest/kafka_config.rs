@@ -77,6 +77,12 @@ pub const OWNED_SETTINGS: &[OwnedSetting] = &[
         true,
     ),
     setting(
+        "fetch.queue.backoff.ms",
+        "10",
+        "during bootstrap the consumer's fetch queue fills faster than records are applied; librdkafka's default then stops fetching a partition for a whole second",
+        true,
+    ),
+    setting(
         "reconnect.backoff.max.ms",
         "2000",
         "a sidecar outage is stale data: reconnect within seconds after a broker restart instead of up to 10 s",

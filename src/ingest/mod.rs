@@ -1,6 +1,7 @@
 //! Kafka to store: one consumer thread per table reads every partition from its beginning,
 //! decodes each record and applies it in offset order.
 
+pub mod batch;
 mod consumer;
 mod context;
 pub mod kafka_config;
