@@ -9,13 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-
-use rdkafka::{Offset, TopicPartitionList};
-
-use common::{arg, create_topics, free_port, median, produce_all, sorted, start_tansu, Sidecar};
+use common::{
+    arg, bare_read_to_end, create_topics, free_port, median, produce_all, sorted, start_tansu, Sidecar,
+};
 
 const TOPIC: &str = "bench.bootstrap";
 const PARTITIONS: i32 = 3;
@@ -147,41 +143,7 @@ fn main() {
 /// The peer: a consumer with the sidecar's settings, reading every partition to its end.
 fn bare_consumer(brokers: &str) -> Duration {
     let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-bare")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    // Like the sidecar: read the log bounds, then assign every partition at its log start.
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        let (low, _) = consumer
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
-            .unwrap();
-        tpl.add_partition_offset(TOPIC, p, Offset::Offset(low)).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut done = std::collections::HashSet::new();
-    let mut bytes = 0usize;
-    while done.len() < PARTITIONS as usize {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                use rdkafka::Message;
-                // Touch the data as a real reader would.
-                bytes += m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                done.insert(p);
-            }
-            _ => {}
-        }
-    }
-    std::hint::black_box(bytes);
+    bare_read_to_end(brokers, TOPIC, PARTITIONS);
     started.elapsed()
 }
 

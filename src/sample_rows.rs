@@ -226,6 +226,28 @@ pub fn order(id: u64, rng: &mut Rng) -> String {
     )
 }
 
+/// `row` as a Debezium change event from the PostgreSQL connector (JsonConverter, schemas
+/// disabled): `before`/`after`/`source`/`op`, about 300 bytes more than the row.
+pub fn change_event(row: &str, table: &str, rng: &mut Rng) -> String {
+    let ts_ms = 1_795_400_000_000 + rng.below(10_000_000);
+    let lsn = 24_000_000 + rng.below(1_000_000_000);
+    format!(
+        concat!(
+            r#"{{"before":null,"after":{row},"source":{{"version":"2.7.3.Final","connector":"postgresql","#,
+            r#""name":"shop","ts_ms":{ts_ms},"snapshot":"false","db":"shop","sequence":"[\"{prev}\",\"{lsn}\"]","#,
+            r#""schema":"public","table":"{table}","txId":{tx},"lsn":{lsn},"xmin":null}},"op":"{op}","ts_ms":{now}}}"#
+        ),
+        row = row,
+        ts_ms = ts_ms,
+        prev = lsn - rng.below(1000),
+        lsn = lsn,
+        table = table,
+        tx = 500 + rng.below(1_000_000),
+        op = if rng.below(4) == 0 { "c" } else { "u" },
+        now = ts_ms + rng.below(500),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +265,29 @@ mod tests {
         assert_eq!(distinct.len(), rows.len());
         let mean = rows.iter().map(String::len).sum::<usize>() / rows.len();
         assert!((250..400).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn change_events_decode_to_their_row() {
+        let mut rng = Rng::new(3);
+        let row = customer(42, &mut rng);
+        let event = change_event(&row, "customers", &mut rng);
+        let parsed: serde_json::Value = serde_json::from_str(&event).unwrap();
+        assert_eq!(
+            parsed["after"],
+            serde_json::from_str::<serde_json::Value>(&row).unwrap()
+        );
+        assert!(matches!(parsed["op"].as_str(), Some("c" | "u")));
+        let decoded = crate::format::decode(
+            crate::format::Format::Debezium,
+            Some(key(42).as_bytes()),
+            Some(event.as_bytes()),
+        )
+        .unwrap();
+        let crate::store::Change::Upsert { key: k, value } = decoded else {
+            panic!("an upsert");
+        };
+        assert_eq!(k, key(42).as_bytes());
+        assert_eq!(value, row.as_bytes());
     }
 }

@@ -198,16 +198,31 @@ pub fn produce_each(
     topic: &str,
     count: usize,
     key: impl Fn(usize) -> String,
+    value: impl FnMut(usize) -> Vec<u8>,
+) -> usize {
+    produce_with(brokers, topic, count, key, value, &[])
+}
+
+/// As [`produce_each`], with more producer settings (`compression.type`, ...).
+pub fn produce_with(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    key: impl Fn(usize) -> String,
     mut value: impl FnMut(usize) -> Vec<u8>,
+    settings: &[(&str, &str)],
 ) -> usize {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+    let mut config = rdkafka::config::ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
+        .set("queue.buffering.max.messages", "1000000");
+    for (name, setting) in settings {
+        config.set(*name, *setting);
+    }
+    let producer: BaseProducer = config.create().unwrap();
     let mut bytes = 0;
     for i in 0..count {
         let k = key(i);
@@ -246,4 +261,50 @@ pub fn sorted<T: Copy + PartialOrd>(values: &[T]) -> Vec<T> {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     v
+}
+
+/// The peer of every bootstrap figure: a bare librdkafka consumer with the sidecar's settings,
+/// reading every partition from its log start to its end and touching every byte, as a reader
+/// that does nothing with the records would.
+pub fn bare_read_to_end(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "1000")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .unwrap();
+    // Like the sidecar: read the log bounds, then assign every partition at its log start.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut done = std::collections::HashSet::new();
+    let mut checksum = 0u64;
+    while done.len() < partitions as usize {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                for part in [m.key(), m.payload()].into_iter().flatten() {
+                    checksum = part.iter().fold(checksum, |sum, &b| sum.wrapping_add(b as u64));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            _ => {}
+        }
+    }
+    std::hint::black_box(checksum);
 }
