@@ -61,7 +61,7 @@ pub const SAMPLE_BYTES: usize = 4 << 20;
 pub const MIN_SAMPLE_VALUES: usize = 200;
 const DICTIONARY_BYTES: usize = 32 << 10;
 /// zstd's level for values: compression runs on the ingest path, so the fast end.
-const LEVEL: i32 = 3;
+const LEVEL: i32 = 1;
 /// A dictionary that shrinks its own sample less than this is not used.
 const MIN_RATIO: f64 = 1.25;
 /// Values compressed before the ratio is compared with the sample's again.
