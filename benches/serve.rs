@@ -547,6 +547,7 @@ impl H2load {
         let message = GetRequest {
             table: String::new(),
             key: key(0).into_bytes().into(),
+            consistency: None,
         }
         .encode_to_vec();
         // gRPC framing: uncompressed flag, big-endian length, message.
@@ -606,6 +607,7 @@ impl Caller for CacheClient<Channel> {
         let request = GetRequest {
             table: String::new(),
             key: key.into_bytes().into(),
+            consistency: None,
         };
         CacheClient::get(self, request).await.unwrap().into_inner().found
     }
@@ -770,6 +772,7 @@ fn multiget_load(o: &Options, sidecar: &Sidecar, callers: usize, per_connection:
                         .multi_get(MultiGetRequest {
                             table: String::new(),
                             keys: batch,
+                            consistency: None,
                         })
                         .await
                         .unwrap()
@@ -852,6 +855,7 @@ async fn freshness(brokers: &str, grpc: &str, updates: usize) -> ((f64, f64), (f
                 .get(GetRequest {
                     table: String::new(),
                     key: k.clone().into_bytes().into(),
+                    consistency: None,
                 })
                 .await
                 .unwrap()

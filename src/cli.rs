@@ -239,12 +239,44 @@ pub struct GetArgs {
     #[arg(long, default_value = "text")]
     pub output: Output,
 
+    /// Answer only once the table has applied everything the broker had acknowledged when
+    /// the call was made (read-your-writes after a write to the source database has reached
+    /// Kafka).
+    #[arg(long)]
+    pub latest: bool,
+
+    /// Answer only once PARTITION has applied OFFSET (the offset a producer got back).
+    /// Repeatable.
+    #[arg(long, value_name = "PARTITION:OFFSET", value_parser = parse_min_offset)]
+    pub min_offset: Vec<(i32, i64)>,
+
+    /// Refuse the answer if the table has not heard from its broker for longer than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
+
+    /// The longest wait for --latest or --min-offset.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+
     /// Keys to look up.
     #[arg(required = true, value_name = "KEY")]
     pub keys: Vec<String>,
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+fn parse_min_offset(text: &str) -> Result<(i32, i64), String> {
+    let (partition, offset) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected PARTITION:OFFSET, e.g. 0:1234"))?;
+    let partition = partition
+        .parse()
+        .map_err(|_| format!("{text:?}: partition {partition:?} is not a number"))?;
+    let offset = offset
+        .parse()
+        .map_err(|_| format!("{text:?}: offset {offset:?} is not a number"))?;
+    Ok((partition, offset))
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,7 @@ use crate::cli::{ClientArgs, GetArgs, KeyFormat, Output, WaitArgs};
 use crate::clock::now_ms;
 use crate::config::ListenAddr;
 use crate::proto::cache_client::CacheClient;
-use crate::proto::{GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse};
+use crate::proto::{Consistency, GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse};
 
 /// How often `wait` asks again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -80,6 +80,20 @@ pub async fn channel(addr: &str) -> Result<Channel, ClientError> {
     Ok(channel)
 }
 
+/// The read options of `get`, if any was given.
+fn consistency(args: &GetArgs) -> Option<Consistency> {
+    if !args.latest && args.min_offset.is_empty() && args.max_staleness.is_none() {
+        return None;
+    }
+    Some(Consistency {
+        min_offsets: args.min_offset.iter().copied().collect(),
+        max_staleness_ms: args.max_staleness.map_or(0, |d| d.as_millis().max(1) as i64),
+        wait_timeout_ms: args.wait_timeout.as_millis().clamp(1, 300_000) as i64,
+        include_offsets: false,
+        latest: args.latest,
+    })
+}
+
 /// Prints the values of `args.keys`; returns false when any key was missing.
 pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
     let keys = args
@@ -88,11 +102,13 @@ pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
         .map(|key| decode_key(key, args.key_format))
         .collect::<Result<Vec<_>, _>>()?;
     let mut client = connect(&args.client.addr).await?;
+    let consistency = consistency(args);
     let results = if let [key] = keys.as_slice() {
         let response = client
             .get(GetRequest {
                 table: args.table.clone(),
                 key: key.clone().into(),
+                consistency: consistency.clone(),
             })
             .await
             .map_err(|status| ClientError::Call {
@@ -106,6 +122,7 @@ pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
             .multi_get(MultiGetRequest {
                 table: args.table.clone(),
                 keys: keys.iter().map(|k| k.clone().into()).collect(),
+                consistency,
             })
             .await
             .map_err(|status| ClientError::Call {

@@ -33,6 +33,7 @@ pub const KAFKA_ERRORS_TOTAL: &str = "cdc_cache_kafka_errors_total";
 pub const PARTITION_RESETS_TOTAL: &str = "cdc_cache_partition_resets_total";
 pub const PARTITION_REBUILDING: &str = "cdc_cache_partition_rebuilding";
 pub const KEY_CONFLICTS_TOTAL: &str = "cdc_cache_key_conflicts_total";
+pub const END_OFFSET_REQUESTS_TOTAL: &str = "cdc_cache_end_offset_requests_total";
 pub const TABLE_PROBLEM: &str = "cdc_cache_table_problem";
 pub const LOADING_STOPPED: &str = "cdc_cache_loading_stopped";
 pub const BOOTSTRAP_SOURCE: &str = "cdc_cache_bootstrap_source";
@@ -187,6 +188,8 @@ impl Metrics {
             .set(bool_value(table.problem().is_some()));
         self.counter(KEY_CONFLICTS_TOTAL, labels())
             .absolute(table.key_conflicts());
+        self.counter(END_OFFSET_REQUESTS_TOTAL, labels())
+            .absolute(table.end_offset_requests());
         self.gauge(DATA_BYTES, labels()).set(table.data_bytes() as f64);
         self.gauge(STORED_BYTES, labels())
             .set(table.stored_bytes() as f64);
@@ -531,6 +534,10 @@ fn describe(recorder: &PrometheusRecorder) {
     counter(
         KEY_CONFLICTS_TOTAL,
         "Records of a key that arrived from a partition other than the one holding it (the newer record wins).",
+    );
+    counter(
+        END_OFFSET_REQUESTS_TOTAL,
+        "Broker requests for the partitions' end offsets made by latest reads (a burst of reads shares one).",
     );
     gauge(
         TABLE_PROBLEM,

@@ -27,6 +27,24 @@ pub enum RequestError {
         .keys, .limit.max_bytes, .limit.keys_answered
     )]
     ResponseTooLarge { keys: usize, limit: TooLarge },
+    #[error("consistency: {reason}")]
+    BadConsistency { reason: String },
+    #[error(
+        "table {table:?} has not heard from its broker for {silence_ms} ms, more than max_staleness_ms {max_staleness_ms}; see Status for why"
+    )]
+    Stale {
+        table: String,
+        silence_ms: i64,
+        max_staleness_ms: i64,
+    },
+    #[error("table {table:?}: cannot answer a latest read: {reason}")]
+    EndOffsets { table: String, reason: String },
+    #[error("table {table:?}: offsets not applied within {waited:?}: {reached}")]
+    WaitTimedOut {
+        table: String,
+        waited: std::time::Duration,
+        reached: String,
+    },
 }
 
 impl From<RequestError> for Status {
@@ -35,11 +53,15 @@ impl From<RequestError> for Status {
         match error {
             RequestError::Table(TableLookupError::Unknown { .. }) => Status::not_found(message),
             RequestError::Table(TableLookupError::Ambiguous { .. }) => Status::invalid_argument(message),
-            RequestError::NotReady { .. } => Status::unavailable(message),
+            RequestError::NotReady { .. } | RequestError::Stale { .. } | RequestError::EndOffsets { .. } => {
+                Status::unavailable(message)
+            }
+            RequestError::WaitTimedOut { .. } => Status::deadline_exceeded(message),
             RequestError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
             RequestError::TooManyKeys { .. }
             | RequestError::BadKey { .. }
-            | RequestError::KeyShape { .. } => Status::invalid_argument(message),
+            | RequestError::KeyShape { .. }
+            | RequestError::BadConsistency { .. } => Status::invalid_argument(message),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The app-facing gRPC server: the `cdc_cache.v1.Cache` service, the standard health service and
 //! server reflection, on a loopback TCP port or a unix socket.
 
+mod consistency;
 mod errors;
+mod latest;
 mod runtime;
 mod service;
 

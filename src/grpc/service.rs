@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use tonic::{Code, Request, Response, Status};
 
+use super::consistency::{applied_offsets, grpc_deadline, wait_until_fresh};
 use super::errors::RequestError;
+use super::latest::Rounds;
 use crate::clock::{millis_since_epoch, now_ms};
 use crate::format::{self, Format};
 use crate::metrics::{GrpcMethod, Metrics};
 use crate::proto::cache_server::Cache;
 use crate::proto::{
-    GetRequest, GetResponse, MultiGetRequest, MultiGetResponse, PartitionStatus, StatusRequest,
+    Consistency, GetRequest, GetResponse, MultiGetRequest, MultiGetResponse, PartitionStatus, StatusRequest,
     StatusResponse, TableStatus,
 };
 use crate::store::{Found, Store, Table};
@@ -22,6 +24,8 @@ pub struct CacheService {
     max_multiget_keys: usize,
     /// Room for values in one response: the message limit less framing for every result.
     max_response_bytes: usize,
+    /// Per table, the shared broker requests of `latest` reads.
+    latest: std::collections::HashMap<String, Arc<Rounds>>,
 }
 
 /// Protobuf framing of one MultiGet result beyond its value: tags, lengths, partition, offset
@@ -35,11 +39,17 @@ impl CacheService {
         max_multiget_keys: usize,
         max_message_bytes: usize,
     ) -> Self {
+        let latest = store
+            .tables()
+            .iter()
+            .map(|t| (t.name().to_string(), Arc::default()))
+            .collect();
         Self {
             store,
             metrics,
             max_multiget_keys,
             max_response_bytes: max_message_bytes,
+            latest,
         }
     }
 
@@ -56,19 +66,49 @@ impl CacheService {
         Ok(table)
     }
 
-    fn get(&self, request: GetRequest) -> Result<GetResponse, RequestError> {
-        let table = self.ready_table(&request.table)?;
+    /// The ready table, once it is as fresh as the request asks (which may mean waiting).
+    async fn fresh_table(
+        &self,
+        name: &str,
+        consistency: Option<&Consistency>,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<&Arc<Table>, RequestError> {
+        let table = self.ready_table(name)?;
+        if let Some(consistency) = consistency {
+            let rounds = &self.latest[table.name()];
+            wait_until_fresh(table, rounds, consistency, deadline).await?;
+        }
+        Ok(table)
+    }
+
+    async fn get(
+        &self,
+        request: GetRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<GetResponse, RequestError> {
+        let consistency = request.consistency.as_ref();
+        let table = self.fresh_table(&request.table, consistency, deadline).await?;
         let key = format::canonical_key(table.format(), &request.key)
             .map_err(|source| RequestError::BadKey { index: 0, source })?;
+        // Read before the key: the row is at least as fresh as the offsets reported.
+        let offsets = with_offsets(table, consistency);
         let found = table.get(&key);
         if found.is_none() {
             explain_miss(table, 0, &key)?;
         }
-        Ok(response(found))
+        Ok(GetResponse {
+            applied_offsets: offsets,
+            ..response(found)
+        })
     }
 
-    fn multi_get(&self, request: MultiGetRequest) -> Result<MultiGetResponse, RequestError> {
-        let table = self.ready_table(&request.table)?;
+    async fn multi_get(
+        &self,
+        request: MultiGetRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<MultiGetResponse, RequestError> {
+        let consistency = request.consistency.as_ref();
+        let table = self.fresh_table(&request.table, consistency, deadline).await?;
         self.metrics.grpc().observe_multiget_keys(request.keys.len());
         if request.keys.len() > self.max_multiget_keys {
             return Err(RequestError::TooManyKeys {
@@ -85,6 +125,7 @@ impl CacheService {
                     .map_err(|source| RequestError::BadKey { index, source })
             })
             .collect::<Result<Vec<_>, RequestError>>()?;
+        let offsets = with_offsets(table, consistency);
         let room = self
             .max_response_bytes
             .saturating_sub(keys.len() * RESULT_FRAMING_BYTES);
@@ -100,7 +141,10 @@ impl CacheService {
             }
         }
         let results = found.into_iter().map(response).collect();
-        Ok(MultiGetResponse { results })
+        Ok(MultiGetResponse {
+            results,
+            applied_offsets: offsets,
+        })
     }
 
     fn status(&self) -> StatusResponse {
@@ -131,7 +175,8 @@ impl CacheService {
 impl Cache for CacheService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let started = Instant::now();
-        let result = CacheService::get(self, request.into_inner());
+        let deadline = grpc_deadline(request.metadata());
+        let result = CacheService::get(self, request.into_inner(), deadline).await;
         self.finish(GrpcMethod::Get, started, result)
     }
 
@@ -140,7 +185,8 @@ impl Cache for CacheService {
         request: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
         let started = Instant::now();
-        let result = CacheService::multi_get(self, request.into_inner());
+        let deadline = grpc_deadline(request.metadata());
+        let result = CacheService::multi_get(self, request.into_inner(), deadline).await;
         self.finish(GrpcMethod::MultiGet, started, result)
     }
 
@@ -159,8 +205,18 @@ fn response(found: Option<Found>) -> GetResponse {
             partition: found.partition,
             offset: found.offset,
             timestamp_ms: found.timestamp_ms,
+            applied_offsets: Default::default(),
         },
         None => GetResponse::default(),
+    }
+}
+
+/// The table's applied offsets when the request asked for them, else none.
+fn with_offsets(table: &Table, consistency: Option<&Consistency>) -> std::collections::HashMap<i32, i64> {
+    if consistency.is_some_and(|c| c.include_offsets) {
+        applied_offsets(table)
+    } else {
+        Default::default()
     }
 }
 

@@ -129,9 +129,13 @@ pub fn start(
     for table in store.tables() {
         let table_metrics = metrics.table(table.name());
         let context = IngestContext::new(table.clone(), table_metrics.clone());
-        let consumer: BaseConsumer<IngestContext> = client_config(config)
-            .create_with_context(context)
-            .map_err(|e| creation_error(table.name(), e))?;
+        let consumer: Arc<BaseConsumer<IngestContext>> = Arc::new(
+            client_config(config)
+                .create_with_context(context)
+                .map_err(|e| creation_error(table.name(), e))?,
+        );
+        // Weak: the consumer's context holds the table, and the worker owns the consumer.
+        table.set_end_offsets(end_offsets(Arc::downgrade(&consumer), table.topic().to_string()));
         workers.push(Worker {
             consumer,
             table: table.clone(),
@@ -200,7 +204,7 @@ fn creation_error(table: &str, error: KafkaError) -> IngestError {
 }
 
 struct Worker {
-    consumer: BaseConsumer<IngestContext>,
+    consumer: Arc<BaseConsumer<IngestContext>>,
     table: Arc<Table>,
     store: Arc<Store>,
     metrics: Arc<TableMetrics>,
@@ -272,13 +276,18 @@ impl Worker {
             if !records.is_empty() {
                 self.made_progress();
             }
+            let applied = !records.is_empty();
             for record in records {
                 self.apply(record)?;
             }
+            let reached_end = matches!(event, Some(KafkaError::PartitionEOF(_)));
             match event {
                 None => {}
                 Some(KafkaError::PartitionEOF(partition)) => self.reached_end(partition),
                 Some(error) => self.consumer_error(error),
+            }
+            if applied || reached_end {
+                self.table.note_advanced();
             }
             let now = Instant::now();
             if now >= next_log_check {
@@ -965,6 +974,43 @@ impl Worker {
         }
         self.cancel.is_cancelled()
     }
+}
+
+/// Asks the broker for partitions' end offsets with the table's own consumer: one ListOffsets
+/// request (timestamp -1, latest) per leader for all of them, at the consumer's isolation level,
+/// so read_committed gives the last stable offset.
+fn end_offsets(
+    consumer: std::sync::Weak<BaseConsumer<IngestContext>>,
+    topic: String,
+) -> crate::store::EndOffsets {
+    Box::new(move |ids, timeout| {
+        let consumer = consumer.upgrade().ok_or("ingest has stopped")?;
+        let mut request = TopicPartitionList::new();
+        for &id in ids {
+            request
+                .add_partition_offset(&topic, id, Offset::End)
+                .map_err(|e| e.to_string())?;
+        }
+        let answer = consumer
+            .offsets_for_times(request, timeout)
+            .map_err(|e| format!("cannot read the end offsets of topic {topic}: {e}"))?;
+        answer
+            .elements()
+            .iter()
+            .map(|p| {
+                if let Err(e) = p.error() {
+                    return Err(format!(
+                        "partition {}: cannot read its end offset: {e}",
+                        p.partition()
+                    ));
+                }
+                match p.offset() {
+                    Offset::Offset(end) => Ok((p.partition(), end)),
+                    other => Err(format!("partition {}: no end offset ({other:?})", p.partition())),
+                }
+            })
+            .collect()
+    })
 }
 
 /// Where a table may start warm from.

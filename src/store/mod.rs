@@ -15,7 +15,7 @@ pub use compression::CompressionMode;
 pub use partition::PartitionState;
 pub use readiness::Latch;
 pub use record::{Found, Origin};
-pub use table::{Applied, Change, Prepared, Progress, Table, TooLarge};
+pub use table::{Applied, Change, EndOffsets, Prepared, Progress, Table, TooLarge};
 
 use crate::config::TableConfig;
 

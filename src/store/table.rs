@@ -17,6 +17,9 @@ use crate::clock::now_ms;
 use crate::config::TableConfig;
 use crate::format::{Format, KeyShapes};
 
+/// Asks the broker for every partition's end offset, blocking up to the timeout.
+pub type EndOffsets = Box<dyn Fn(&[i32], Duration) -> Result<Vec<(i32, i64)>, String> + Send + Sync>;
+
 /// A decoded record: what it does to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -155,6 +158,13 @@ pub struct Table {
     /// Field names and types of the keys seen (debezium tables), to explain wrong-type misses.
     key_shapes: KeyShapes,
     ready: Latch,
+    /// Woken after the ingest thread moved positions on (records applied, an end of partition
+    /// reached), for reads that wait for an offset.
+    advanced: tokio::sync::Notify,
+    /// Asks the broker for every partition's end offset now (blocking); set by ingest.
+    end_offsets: OnceLock<EndOffsets>,
+    /// Broker requests made for `latest` reads.
+    end_offset_requests: AtomicU64,
     started: Instant,
     started_at_ms: i64,
     bootstrap_duration: OnceLock<Duration>,
@@ -197,6 +207,9 @@ impl Table {
             problem: RwLock::new(None),
             key_shapes: KeyShapes::new(),
             ready: Latch::new(),
+            advanced: tokio::sync::Notify::new(),
+            end_offsets: OnceLock::new(),
+            end_offset_requests: AtomicU64::new(0),
             started: Instant::now(),
             started_at_ms: now_ms(),
             bootstrap_duration: OnceLock::new(),
@@ -323,6 +336,41 @@ impl Table {
         let contact = self.last_broker_contact_ms();
         let since = if contact > 0 { contact } else { self.started_at_ms };
         (now_ms - since).max(0)
+    }
+
+    /// Wakes the reads waiting for positions to move on; called by the ingest thread after it
+    /// applied a batch or reached the end of a partition.
+    pub fn note_advanced(&self) {
+        self.advanced.notify_waiters();
+    }
+
+    /// What a read waiting for an offset waits on: register with `notified()` (and `enable` it)
+    /// before checking the positions, so no advance between the check and the wait is missed.
+    pub fn advanced(&self) -> &tokio::sync::Notify {
+        &self.advanced
+    }
+
+    /// Installs how to ask the broker for the partitions' end offsets (ingest does, with the
+    /// table's consumer).
+    pub fn set_end_offsets(&self, ask: EndOffsets) {
+        let _ = self.end_offsets.set(ask);
+    }
+
+    /// Every partition's end offset (the high watermark, or the last stable offset when reading
+    /// committed records) as the broker reports it now. Blocks for a broker round trip.
+    pub fn fetch_end_offsets(&self, timeout: Duration) -> Result<Vec<(i32, i64)>, String> {
+        let ask = self
+            .end_offsets
+            .get()
+            .ok_or_else(|| "the table's consumer is not started".to_string())?;
+        let ids: Vec<i32> = self.partitions().iter().map(|p| p.partition()).collect();
+        self.end_offset_requests.fetch_add(1, Ordering::Relaxed);
+        ask(&ids, timeout)
+    }
+
+    /// Broker requests made by [`Table::fetch_end_offsets`].
+    pub fn end_offset_requests(&self) -> u64 {
+        self.end_offset_requests.load(Ordering::Relaxed)
     }
 
     /// The shapes of the keys stored so far (debezium tables).

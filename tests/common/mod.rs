@@ -134,6 +134,7 @@ pub async fn get(client: &mut Client, table: &str, key: &[u8]) -> Result<GetResp
         .get(GetRequest {
             table: table.into(),
             key: key.to_vec().into(),
+            consistency: None,
         })
         .await
         .map(|r| r.into_inner())
@@ -154,6 +155,7 @@ pub async fn multi_get(
         .multi_get(MultiGetRequest {
             table: table.into(),
             keys: keys.iter().map(|k| k.to_vec().into()).collect(),
+            consistency: None,
         })
         .await
         .map(|r| r.into_inner().results)

@@ -68,6 +68,7 @@ TABLE_METRICS = {
     "cdc_cache_partition_rebuilding",
     "cdc_cache_kafka_errors_total",
     "cdc_cache_key_conflicts_total",
+    "cdc_cache_end_offset_requests_total",
     "cdc_cache_table_problem",
     "cdc_cache_bootstrap_source",
     "cdc_cache_bootstrap_fetched_bytes",
@@ -313,6 +314,12 @@ class Traffic:
         stub.Get(pb2.GetRequest(table=DEMO_TABLE, key=b'{"id":42}'), timeout=5)
         response = stub.MultiGet(pb2.MultiGetRequest(table="", keys=self.KEYS), timeout=5)
         assert len(response.results) == len(self.KEYS)
+        # Fresh reads from Python: everything the broker acknowledged, then at least as fresh.
+        latest = pb2.Consistency(latest=True, include_offsets=True, wait_timeout_ms=4000)
+        fresh = stub.Get(pb2.GetRequest(table=DEMO_TABLE, key=b'{"id":42}', consistency=latest), timeout=5)
+        assert fresh.applied_offsets, "a latest read with include_offsets returns the offsets applied"
+        again = pb2.Consistency(min_offsets=dict(fresh.applied_offsets), wait_timeout_ms=4000)
+        stub.Get(pb2.GetRequest(table=DEMO_TABLE, key=b'{"id":42}', consistency=again), timeout=5)
         try:
             stub.Get(pb2.GetRequest(table="no-such-table", key=b"k"), timeout=5)
         except grpc.RpcError as e:
