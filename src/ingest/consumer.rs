@@ -10,7 +10,7 @@
 //! removed once it has caught up.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -129,13 +129,10 @@ pub fn start(
     for table in store.tables() {
         let table_metrics = metrics.table(table.name());
         let context = IngestContext::new(table.clone(), table_metrics.clone());
-        let consumer: Arc<BaseConsumer<IngestContext>> = Arc::new(
-            client_config(config)
-                .create_with_context(context)
-                .map_err(|e| creation_error(table.name(), e))?,
-        );
-        // Weak: the consumer's context holds the table, and the worker owns the consumer.
-        table.set_end_offsets(end_offsets(Arc::downgrade(&consumer), table.topic().to_string()));
+        let consumer: BaseConsumer<IngestContext> = client_config(config)
+            .create_with_context(context)
+            .map_err(|e| creation_error(table.name(), e))?;
+        table.set_end_offsets(end_offsets(client_config(config), table.topic().to_string()));
         workers.push(Worker {
             consumer,
             table: table.clone(),
@@ -204,7 +201,7 @@ fn creation_error(table: &str, error: KafkaError) -> IngestError {
 }
 
 struct Worker {
-    consumer: Arc<BaseConsumer<IngestContext>>,
+    consumer: BaseConsumer<IngestContext>,
     table: Arc<Table>,
     store: Arc<Store>,
     metrics: Arc<TableMetrics>,
@@ -976,15 +973,22 @@ impl Worker {
     }
 }
 
-/// Asks the broker for partitions' end offsets with the table's own consumer: one ListOffsets
-/// request (timestamp -1, latest) per leader for all of them, at the consumer's isolation level,
-/// so read_committed gives the last stable offset.
-fn end_offsets(
-    consumer: std::sync::Weak<BaseConsumer<IngestContext>>,
-    topic: String,
-) -> crate::store::EndOffsets {
+/// Asks the broker for partitions' end offsets: one ListOffsets request (timestamp -1, latest)
+/// per leader for all of them, at the consumer's isolation level, so read_committed gives the
+/// last stable offset. On a client of its own, created at the first request with the tables'
+/// settings: on the ingest consumer's connection the request would queue behind a fetch the
+/// broker holds for up to `fetch.wait.max.ms` (brokers answer a connection's requests in order),
+/// which made every latest read take 500 ms.
+fn end_offsets(config: rdkafka::ClientConfig, topic: String) -> crate::store::EndOffsets {
+    let client: OnceLock<Result<BaseConsumer, String>> = OnceLock::new();
     Box::new(move |ids, timeout| {
-        let consumer = consumer.upgrade().ok_or("ingest has stopped")?;
+        let consumer = client
+            .get_or_init(|| {
+                config
+                    .create()
+                    .map_err(|e| format!("cannot create the client for end offsets: {e}"))
+            })
+            .as_ref()?;
         let mut request = TopicPartitionList::new();
         for &id in ids {
             request
