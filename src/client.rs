@@ -88,7 +88,8 @@ fn consistency(args: &GetArgs) -> Option<Consistency> {
     Some(Consistency {
         min_offsets: args.min_offset.iter().copied().collect(),
         max_staleness_ms: args.max_staleness.map_or(0, |d| d.as_millis().max(1) as i64),
-        wait_timeout_ms: args.wait_timeout.as_millis().clamp(1, 300_000) as i64,
+        // Not clamped: past the server's 5 min limit the server refuses it, naming the field.
+        wait_timeout_ms: args.wait_timeout.as_millis().max(1) as i64,
         include_offsets: false,
         latest: args.latest,
     })

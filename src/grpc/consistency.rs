@@ -74,9 +74,14 @@ pub async fn wait_until_fresh(
     if wanted.is_empty() && !consistency.latest {
         return Ok(());
     }
-    let wait = match consistency.wait_timeout_ms {
-        0 => deadline.unwrap_or(DEFAULT_WAIT),
+    let asked = match consistency.wait_timeout_ms {
+        0 => DEFAULT_WAIT,
         ms => Duration::from_millis(ms as u64),
+    };
+    let wait = match deadline {
+        // Never past the call's deadline, where nobody would get the answer.
+        Some(deadline) => asked.min(short_of(deadline)),
+        None => asked,
     };
     let until = Instant::now() + wait;
     if consistency.latest {
@@ -131,6 +136,13 @@ pub async fn wait_until_fresh(
             });
         }
     }
+}
+
+/// A wait bounded by the call's gRPC deadline ends a little before it: tonic's server drops the
+/// call at the deadline itself (CANCELLED, "Timeout expired"), and the caller is owed
+/// DEADLINE_EXCEEDED naming the offsets reached.
+fn short_of(deadline: Duration) -> Duration {
+    deadline.saturating_sub((deadline / 10).min(Duration::from_millis(50)))
 }
 
 /// Per partition, the highest offset the table has applied (-1: none).

@@ -1,8 +1,8 @@
 //! Records come off the consumer in batches, and each batch is prepared (decoded, and its
 //! stored records built and compressed: the costly part) in parallel, by the ingest thread and a
 //! small thread pool shared by every table. The ingest thread then applies the prepared records
-//! one at a time in the order they were polled, so each partition's records still land in offset order and the
-//! store sees exactly what a one-record-at-a-time loop would give it.
+//! one at a time in the order they were polled, so each partition's records still land in offset
+//! order and the store sees exactly what a one-record-at-a-time loop would give it.
 //!
 //! Why batches: a poll hands over one record, and a thread hand-off per record would cost more
 //! than decoding it. While a table is tailing, batches hold a record or two and are prepared on

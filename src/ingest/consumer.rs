@@ -270,10 +270,10 @@ impl Worker {
             // Prepared here, so the messages (which borrow the consumer) are released before
             // the records change the worker's state.
             let (records, event) = batch::take(&self.consumer, POLL_TIMEOUT, &self.table, &self.decoders);
-            if !records.is_empty() {
+            let applied = !records.is_empty();
+            if applied {
                 self.made_progress();
             }
-            let applied = !records.is_empty();
             for record in records {
                 self.apply(record)?;
             }
@@ -979,7 +979,9 @@ impl Worker {
 /// settings: on the ingest consumer's connection the request would queue behind a fetch the
 /// broker holds for up to `fetch.wait.max.ms` (brokers answer a connection's requests in order),
 /// which made every latest read take 500 ms.
-fn end_offsets(config: rdkafka::ClientConfig, topic: String) -> crate::store::EndOffsets {
+fn end_offsets(mut config: rdkafka::ClientConfig, topic: String) -> crate::store::EndOffsets {
+    // Nothing polls this client, so statistics would pile up in its queue, a report a second.
+    config.set("statistics.interval.ms", "0");
     let client: OnceLock<Result<BaseConsumer, String>> = OnceLock::new();
     Box::new(move |ids, timeout| {
         let consumer = client
