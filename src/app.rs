@@ -97,6 +97,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             metrics.clone(),
             config.max_multiget_keys,
             config.grpc_max_message_bytes,
+            config.watch,
+            grpc_stop.clone(),
         );
         let health = health.clone();
         let stop = grpc_stop.clone().cancelled_owned();

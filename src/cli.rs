@@ -31,6 +31,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Look keys up in a running cdc-cache and print their values.
     Get(GetArgs),
+    /// Print the changes to a table of a running cdc-cache as they happen.
+    Watch(WatchArgs),
     /// Print the bootstrap and tailing progress of a running cdc-cache.
     Status(ClientArgs),
     /// Wait until a running cdc-cache is ready (for a postStart hook or a script).
@@ -121,6 +123,28 @@ pub struct ServeOptions {
     /// Most keys accepted in one MultiGet.
     #[arg(long, env = "CDC_CACHE_MAX_MULTIGET_KEYS", default_value_t = 10_000)]
     pub max_multiget_keys: usize,
+
+    /// Most Watch streams open at once; one more is refused with RESOURCE_EXHAUSTED (0 turns
+    /// Watch off).
+    #[arg(long, env = "CDC_CACHE_MAX_WATCHERS", default_value_t = 256, value_name = "N")]
+    pub max_watchers: usize,
+
+    /// Changes kept per watched table, for Watch streams to resume from (the table's first
+    /// watcher starts keeping them). A watcher more than half of this behind is dropped with the
+    /// position to resume from.
+    #[arg(
+        long,
+        env = "CDC_CACHE_WATCH_HISTORY",
+        default_value_t = 65_536,
+        value_name = "CHANGES"
+    )]
+    pub watch_history: usize,
+
+    /// At most this many bytes of changes kept per watched table (suffixes Ki, Mi, Gi); the
+    /// oldest go first. A watcher more than half of this behind is dropped, as for
+    /// --watch-history.
+    #[arg(long, env = "CDC_CACHE_WATCH_HISTORY_BYTES", default_value = "64Mi", value_name = "BYTES", value_parser = parse_bytes)]
+    pub watch_history_bytes: u64,
 
     /// Largest gRPC message sent or received, in bytes (values of several MB must fit).
     #[arg(long, env = "CDC_CACHE_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -260,6 +284,43 @@ pub struct GetArgs {
 
     /// Keys to look up.
     #[arg(required = true, value_name = "KEY")]
+    pub keys: Vec<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Table to watch; may be omitted when the server has a single table.
+    #[arg(long, default_value = "")]
+    pub table: String,
+
+    /// Only keys starting with this (for debezium tables, the key's canonical JSON text, e.g.
+    /// '{"tenant":"acme",').
+    #[arg(long, conflicts_with = "keys")]
+    pub prefix: Option<String>,
+
+    /// First print every matching row held now (type `initial`), then the changes.
+    #[arg(long)]
+    pub initial: bool,
+
+    /// Continue after this position (from an earlier `--output json` line) instead of now.
+    #[arg(long, value_name = "POSITION", conflicts_with = "initial")]
+    pub resume_from: Option<String>,
+
+    /// How the KEY arguments are written (see `get`).
+    #[arg(long, default_value = "utf8")]
+    pub key_format: KeyFormat,
+
+    /// `text`: `upsert KEY VALUE`, `delete KEY` and `initial KEY VALUE` lines, tab-separated.
+    /// `json`: one JSON object per event, with type, key, value, partition, offset,
+    /// timestamp_ms and position (synced and progress events included).
+    #[arg(long, default_value = "text")]
+    pub output: Output,
+
+    /// Only these keys (none: every key).
+    #[arg(value_name = "KEY")]
     pub keys: Vec<String>,
 
     #[command(flatten)]

@@ -1,8 +1,10 @@
-//! `cdc-cache get`, `status` and `wait`: a small gRPC client for people and scripts.
+//! `cdc-cache get`, `watch`, `status` and `wait`: a small gRPC client for people and scripts.
 //!
 //! `get` with one key prints the bare value; with several, `KEY<TAB>VALUE` lines; with
 //! `--output json`, one JSON object per key. Missing keys are reported on stderr and make the
-//! exit code 1, so scripts can test for presence. `wait` returns once the server is ready.
+//! exit code 1, so scripts can test for presence. `watch` prints changes until interrupted,
+//! resuming by itself when the server drops it for reading too slowly. `wait` returns once the
+//! server is ready.
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,11 +16,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::cli::{ClientArgs, GetArgs, KeyFormat, Output, WaitArgs};
+use crate::cli::{ClientArgs, GetArgs, KeyFormat, Output, WaitArgs, WatchArgs};
 use crate::clock::now_ms;
 use crate::config::ListenAddr;
 use crate::proto::cache_client::CacheClient;
-use crate::proto::{Consistency, GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse};
+use crate::proto::change_event::Type as EventType;
+use crate::proto::{
+    ChangeEvent, Consistency, GetRequest, GetResponse, MultiGetRequest, StatusRequest, StatusResponse,
+    WatchRequest,
+};
 
 /// How often `wait` asks again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -157,6 +163,111 @@ pub async fn get(args: &GetArgs) -> Result<bool, ClientError> {
     Ok(all_found)
 }
 
+/// Prints the changes `args` asks for until the server ends the stream. A stream dropped for
+/// reading too slowly (RESOURCE_EXHAUSTED with a position) is resumed from that position.
+pub async fn watch(args: &WatchArgs) -> Result<(), ClientError> {
+    let keys = args
+        .keys
+        .iter()
+        .map(|key| decode_key(key, args.key_format).map(Into::into))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = connect(&args.client.addr).await?;
+    let mut request = WatchRequest {
+        table: args.table.clone(),
+        keys,
+        prefix: args.prefix.clone().unwrap_or_default().into(),
+        include_initial: args.initial,
+        resume_from: args.resume_from.clone().unwrap_or_default(),
+    };
+    let call_error = |status| ClientError::Call {
+        method: "Watch",
+        status,
+    };
+    loop {
+        let mut stream = client
+            .watch(request.clone())
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(event)) => match print_event(&event, args.output) {
+                    // The reader (`| head`) has what it wanted.
+                    Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Ok(())
+                    }
+                    other => other?,
+                },
+                Ok(None) => return Ok(()),
+                Err(status) => break status,
+            }
+        };
+        let resume_from = status
+            .metadata()
+            .get(crate::grpc::RESUME_TRAILER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|position| !position.is_empty());
+        match resume_from {
+            Some(position) if status.code() == tonic::Code::ResourceExhausted => {
+                eprintln!("{}; resuming", status.message());
+                request.resume_from = position.to_string();
+                request.include_initial = false;
+            }
+            _ => return Err(call_error(status)),
+        }
+    }
+}
+
+fn print_event(event: &ChangeEvent, output: Output) -> Result<(), ClientError> {
+    let kind = event.r#type();
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => {
+            let name = kind.as_str_name().to_ascii_lowercase();
+            let mut line = serde_json::json!({ "type": name, "position": event.position });
+            if matches!(kind, EventType::Upsert | EventType::Delete | EventType::Initial) {
+                put_bytes(&mut line, "key", &event.key);
+                if kind != EventType::Delete {
+                    put_bytes(&mut line, "value", &event.value);
+                }
+                line["partition"] = event.partition.into();
+                line["offset"] = event.offset.into();
+                line["timestamp_ms"] = event.timestamp_ms.into();
+            }
+            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        Output::Text => match kind {
+            EventType::Upsert | EventType::Initial | EventType::Delete => {
+                let name = kind.as_str_name().to_ascii_lowercase();
+                out.write_all(name.as_bytes())?;
+                out.write_all(b"\t")?;
+                out.write_all(&event.key)?;
+                if kind != EventType::Delete {
+                    out.write_all(b"\t")?;
+                    out.write_all(&event.value)?;
+                }
+                out.write_all(b"\n")?;
+            }
+            EventType::Synced => eprintln!("watching (position {})", event.position),
+            EventType::Progress | EventType::Unspecified => {}
+        },
+    }
+    // A line at a time: the reader is often a pipe to a script waiting on each change.
+    out.flush()?;
+    Ok(())
+}
+
+/// Puts `bytes` in `line` as a string when they are UTF-8 text, else base64 under `NAME_base64`.
+fn put_bytes(line: &mut serde_json::Value, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => line[name] = text.into(),
+        Err(_) => {
+            line[format!("{name}_base64")] = base64::engine::general_purpose::STANDARD.encode(bytes).into()
+        }
+    }
+}
+
 /// A KEY argument as the bytes to ask for.
 fn decode_key(key: &str, format: KeyFormat) -> Result<Vec<u8>, ClientError> {
     let bad = |reason: String| ClientError::Key {
@@ -191,14 +302,7 @@ fn decode_key(key: &str, format: KeyFormat) -> Result<Vec<u8>, ClientError> {
 fn json_line(key: &str, result: &GetResponse) -> serde_json::Value {
     let mut line = serde_json::json!({ "key": key, "found": result.found });
     if result.found {
-        match std::str::from_utf8(&result.value) {
-            Ok(text) => line["value"] = text.into(),
-            Err(_) => {
-                line["value_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(&result.value)
-                    .into()
-            }
-        }
+        put_bytes(&mut line, "value", &result.value);
         line["partition"] = result.partition.into();
         line["offset"] = result.offset.into();
         line["timestamp_ms"] = result.timestamp_ms.into();

@@ -102,6 +102,7 @@ pub struct Config {
     /// The librdkafka `client.id` of every table's consumer.
     pub client_id: String,
     pub max_multiget_keys: usize,
+    pub watch: WatchConfig,
     pub grpc_max_message_bytes: usize,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
@@ -117,6 +118,13 @@ pub struct Config {
     pub snapshots: Option<SnapshotConfig>,
     /// Deprecated spellings that were used, each with what replaces it; logged at start-up.
     pub deprecations: Vec<String>,
+}
+
+/// Watch streams: how many, and how much history each watched table keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    pub max_watchers: usize,
+    pub history: crate::store::FeedSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,6 +155,10 @@ pub enum ConfigError {
     KafkaOptionValue { key: String, reason: &'static str },
     #[error("--client-id: empty")]
     ClientId,
+    #[error("--watch-history {0}: must be at least 16 changes")]
+    WatchHistory(usize),
+    #[error("--watch-history-bytes {0}: must be at least 64Ki")]
+    WatchHistoryBytes(u64),
     #[error("--max-multiget-keys: must be at least 1")]
     MaxMultigetKeys,
     #[error("--grpc-max-message-bytes: must be at least 1024")]
@@ -215,6 +227,19 @@ impl ServeOptions {
         if self.max_multiget_keys == 0 {
             return Err(ConfigError::MaxMultigetKeys);
         }
+        if self.watch_history < 16 {
+            return Err(ConfigError::WatchHistory(self.watch_history));
+        }
+        if self.watch_history_bytes < 64 << 10 {
+            return Err(ConfigError::WatchHistoryBytes(self.watch_history_bytes));
+        }
+        let watch = WatchConfig {
+            max_watchers: self.max_watchers,
+            history: crate::store::FeedSettings {
+                history_events: self.watch_history,
+                history_bytes: usize::try_from(self.watch_history_bytes).unwrap_or(usize::MAX),
+            },
+        };
         if self.grpc_max_message_bytes < 1024 {
             return Err(ConfigError::GrpcMaxMessageBytes);
         }
@@ -271,6 +296,7 @@ impl ServeOptions {
             kafka_options: kafka_options(&self.kafka_options, env)?,
             client_id,
             max_multiget_keys: self.max_multiget_keys,
+            watch,
             grpc_max_message_bytes: self.grpc_max_message_bytes,
             shutdown_delay: self.shutdown_delay,
             shutdown_grace: self.shutdown_grace,
@@ -493,6 +519,9 @@ mod tests {
         assert_eq!(config.memory_limit_ratio, 0.9);
         assert!(config.deprecations.is_empty());
         assert_eq!(config.max_multiget_keys, 10_000);
+        assert_eq!(config.watch.max_watchers, 256);
+        assert_eq!(config.watch.history.history_events, 65_536);
+        assert_eq!(config.watch.history.history_bytes, 64 << 20);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.on_decode_error, OnDecodeError::Skip);
         assert!(config.kafka_options.is_empty());
@@ -845,5 +874,31 @@ mod tests {
         }
         let config = serve(&["--brokers", "k", "--topic", "a", "--memory-limit-ratio", "0"]).unwrap();
         assert_eq!(config.memory_limit_ratio, 0.0);
+    }
+
+    #[test]
+    fn watch_flags_are_bounded_by_name() {
+        let config = serve(&[
+            "--brokers",
+            "k",
+            "--topic",
+            "a",
+            "--watch-history",
+            "1000",
+            "--watch-history-bytes",
+            "8Mi",
+            "--max-watchers",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(config.watch.max_watchers, 3);
+        assert_eq!(config.watch.history.history_events, 1000);
+        assert_eq!(config.watch.history.history_bytes, 8 << 20);
+        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history", "4"]).unwrap_err();
+        assert!(err.contains("--watch-history 4"), "{err}");
+        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history-bytes", "1Ki"]).unwrap_err();
+        assert!(err.contains("--watch-history-bytes"), "{err}");
+        let err = serve(&["--brokers", "k", "--topic", "a", "--max-watchers", "many"]).unwrap_err();
+        assert!(err.contains("--max-watchers"), "{err}");
     }
 }

@@ -59,6 +59,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e.into()),
             }
         }),
+        Command::Watch(args) => runtime.block_on(async move {
+            tokio::select! {
+                result = client::watch(&args) => exit_code(result.map_err(Into::into)),
+                // Ctrl-C or SIGTERM ends a watch normally.
+                _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+            }
+        }),
         Command::Status(args) => {
             runtime.block_on(async move { exit_code(client::status(&args).await.map_err(Into::into)) })
         }

@@ -34,6 +34,10 @@ pub const PARTITION_RESETS_TOTAL: &str = "cdc_cache_partition_resets_total";
 pub const PARTITION_REBUILDING: &str = "cdc_cache_partition_rebuilding";
 pub const KEY_CONFLICTS_TOTAL: &str = "cdc_cache_key_conflicts_total";
 pub const END_OFFSET_REQUESTS_TOTAL: &str = "cdc_cache_end_offset_requests_total";
+pub const WATCHERS: &str = "cdc_cache_watchers";
+pub const WATCHERS_DROPPED_TOTAL: &str = "cdc_cache_watchers_dropped_total";
+pub const WATCH_EVENTS_TOTAL: &str = "cdc_cache_watch_events_total";
+pub const WATCH_HISTORY_BYTES: &str = "cdc_cache_watch_history_bytes";
 pub const TABLE_PROBLEM: &str = "cdc_cache_table_problem";
 pub const LOADING_STOPPED: &str = "cdc_cache_loading_stopped";
 pub const BOOTSTRAP_SOURCE: &str = "cdc_cache_bootstrap_source";
@@ -61,8 +65,10 @@ const MULTIGET_KEYS_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
 
-/// The gRPC methods measured, in the order of [`GrpcMethod`].
-const METHODS: [&str; 3] = ["Get", "MultiGet", "Status"];
+/// The gRPC methods measured, in the order of [`GrpcMethod`]; the unary ones first, as only
+/// they have a latency histogram (a stream's duration says nothing about the server).
+const METHODS: [&str; 4] = ["Get", "MultiGet", "Status", "Watch"];
+const UNARY_METHODS: usize = 3;
 /// gRPC status codes by number, as their canonical names.
 const CODES: [&str; 17] = [
     "OK",
@@ -89,6 +95,7 @@ pub enum GrpcMethod {
     Get = 0,
     MultiGet = 1,
     Status = 2,
+    Watch = 3,
 }
 
 /// The app's metrics registry.
@@ -190,6 +197,7 @@ impl Metrics {
             .absolute(table.key_conflicts());
         self.counter(END_OFFSET_REQUESTS_TOTAL, labels())
             .absolute(table.end_offset_requests());
+        self.refresh_watch(table);
         self.gauge(DATA_BYTES, labels()).set(table.data_bytes() as f64);
         self.gauge(STORED_BYTES, labels())
             .set(table.stored_bytes() as f64);
@@ -214,6 +222,28 @@ impl Metrics {
                 .set(bool_value(p.is_rebuilding()));
             self.gauge(LAST_RECORD_TIMESTAMP_SECONDS, labels())
                 .set(p.last_timestamp_ms().max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// Watch metrics exist from start-up, at zero until the table's first watcher.
+    fn refresh_watch(&self, table: &Table) {
+        let name = table.name();
+        let labels = || vec![label("table", name)];
+        let feed = table.feed();
+        let (history_bytes, watchers, dropped, sent) = feed.map_or((0, 0, 0, 0), |feed| {
+            let (_, bytes) = feed.history_size();
+            (bytes, feed.watcher_count(), feed.dropped(), feed.sent())
+        });
+        self.gauge(WATCHERS, labels()).set(watchers as f64);
+        self.gauge(WATCH_HISTORY_BYTES, labels())
+            .set(history_bytes as f64);
+        self.counter(WATCH_EVENTS_TOTAL, labels()).absolute(sent);
+        for (reason, count) in [("slow", dropped), ("limit", table.watchers_refused())] {
+            self.counter(
+                WATCHERS_DROPPED_TOTAL,
+                vec![label("table", name), label("reason", reason)],
+            )
+            .absolute(count);
         }
     }
 
@@ -356,7 +386,7 @@ impl TableMetrics {
 pub struct GrpcMetrics {
     recorder: Arc<PrometheusRecorder>,
     requests: [[OnceLock<Counter>; CODES.len()]; METHODS.len()],
-    durations: [Histogram; METHODS.len()],
+    durations: [Histogram; UNARY_METHODS],
     multiget_keys: Histogram,
 }
 
@@ -368,16 +398,25 @@ impl GrpcMetrics {
         Self {
             recorder: recorder.clone(),
             requests: Default::default(),
-            durations: METHODS.map(|m| histogram(GRPC_REQUEST_DURATION_SECONDS, vec![label("method", m)])),
+            durations: std::array::from_fn(|m| {
+                histogram(GRPC_REQUEST_DURATION_SECONDS, vec![label("method", METHODS[m])])
+            }),
             multiget_keys: histogram(MULTIGET_KEYS, vec![]),
         }
     }
 
     /// Records one finished call.
     pub fn observe(&self, method: GrpcMethod, code: tonic::Code, started: Instant) {
+        if let Some(durations) = self.durations.get(method as usize) {
+            durations.record(started.elapsed().as_secs_f64());
+        }
+        self.observe_stream(method, code);
+    }
+
+    /// Records one finished stream (or call) by its code only.
+    pub fn observe_stream(&self, method: GrpcMethod, code: tonic::Code) {
         let m = method as usize;
         let c = (code as usize).min(CODES.len() - 1);
-        self.durations[m].record(started.elapsed().as_secs_f64());
         self.requests[m][c]
             .get_or_init(|| {
                 let labels = vec![label("method", METHODS[m]), label("code", CODES[c])];
@@ -426,6 +465,20 @@ fn describe(recorder: &PrometheusRecorder) {
         "1 when the table has caught up with the end of its topic as it was at start-up.",
     );
     gauge(ENTRIES, None, "Live keys held in memory.");
+    gauge(WATCHERS, None, "Watch streams open on the table.");
+    counter(
+        WATCHERS_DROPPED_TOTAL,
+        "Watch streams ended by the sidecar: reason=slow, more than half of --watch-history behind (they resume from the position given); reason=limit, refused at --max-watchers.",
+    );
+    counter(
+        WATCH_EVENTS_TOTAL,
+        "Changes sent to watchers (each stream counts its own).",
+    );
+    gauge(
+        WATCH_HISTORY_BYTES,
+        Some(Unit::Bytes),
+        "Memory taken by the changes kept for watchers to resume from (--watch-history, --watch-history-bytes).",
+    );
     gauge(
         DATA_BYTES,
         Some(Unit::Bytes),

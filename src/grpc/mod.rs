@@ -6,6 +6,7 @@ mod errors;
 mod latest;
 mod runtime;
 mod service;
+mod watch;
 
 use std::future::Future;
 
@@ -18,6 +19,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 pub use errors::RequestError;
 pub use runtime::ServingRuntime;
 pub use service::CacheService;
+pub use watch::RESUME_TRAILER;
 
 use crate::listeners::GrpcListener;
 use crate::proto::cache_server::CacheServer;

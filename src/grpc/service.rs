@@ -3,18 +3,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 use super::consistency::{applied_offsets, grpc_deadline, wait_until_fresh};
 use super::errors::RequestError;
 use super::latest::Rounds;
+use super::watch::Watches;
 use crate::clock::{millis_since_epoch, now_ms};
+use crate::config::WatchConfig;
 use crate::format::{self, Format};
 use crate::metrics::{GrpcMethod, Metrics};
 use crate::proto::cache_server::Cache;
 use crate::proto::{
-    Consistency, GetRequest, GetResponse, MultiGetRequest, MultiGetResponse, PartitionStatus, StatusRequest,
-    StatusResponse, TableStatus,
+    ChangeEvent, Consistency, GetRequest, GetResponse, MultiGetRequest, MultiGetResponse, PartitionStatus,
+    StatusRequest, StatusResponse, TableStatus, WatchRequest,
 };
 use crate::store::{Found, Store, Table};
 
@@ -26,6 +30,7 @@ pub struct CacheService {
     max_response_bytes: usize,
     /// Per table, the shared broker requests of `latest` reads.
     latest: std::collections::HashMap<String, Arc<Rounds>>,
+    watches: Watches,
 }
 
 /// Protobuf framing of one MultiGet result beyond its value: tags, lengths, partition, offset
@@ -33,23 +38,29 @@ pub struct CacheService {
 const RESULT_FRAMING_BYTES: usize = 40;
 
 impl CacheService {
+    /// Must be called on the runtime where Watch streams are to run (the main one); they all
+    /// end when `stop` is cancelled.
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         max_multiget_keys: usize,
         max_message_bytes: usize,
+        watch: WatchConfig,
+        stop: CancellationToken,
     ) -> Self {
         let latest = store
             .tables()
             .iter()
             .map(|t| (t.name().to_string(), Arc::default()))
             .collect();
+        let watches = Watches::new(store.clone(), metrics.clone(), watch, max_multiget_keys, stop);
         Self {
             store,
             metrics,
             max_multiget_keys,
             max_response_bytes: max_message_bytes,
             latest,
+            watches,
         }
     }
 
@@ -116,15 +127,7 @@ impl CacheService {
                 max: self.max_multiget_keys,
             });
         }
-        let keys = request
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(index, key)| {
-                format::canonical_key(table.format(), key)
-                    .map_err(|source| RequestError::BadKey { index, source })
-            })
-            .collect::<Result<Vec<_>, RequestError>>()?;
+        let keys = canonical_keys(table, &request.keys)?;
         let offsets = with_offsets(table, consistency);
         let room = self
             .max_response_bytes
@@ -195,6 +198,27 @@ impl Cache for CacheService {
         let result = Ok(CacheService::status(self));
         self.finish(GrpcMethod::Status, started, result)
     }
+
+    type WatchStream = ReceiverStream<Result<ChangeEvent, Status>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let events = self.watches.start(request.into_inner())?;
+        Ok(Response::new(ReceiverStream::new(events)))
+    }
+}
+
+/// Request keys as the table stores them; a bad one is named by its index.
+pub(super) fn canonical_keys<'a>(
+    table: &Table,
+    keys: &'a [bytes::Bytes],
+) -> Result<Vec<std::borrow::Cow<'a, [u8]>>, RequestError> {
+    keys.iter()
+        .enumerate()
+        .map(|(index, key)| {
+            format::canonical_key(table.format(), key)
+                .map_err(|source| RequestError::BadKey { index, source })
+        })
+        .collect()
 }
 
 fn response(found: Option<Found>) -> GetResponse {

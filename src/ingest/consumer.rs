@@ -259,6 +259,8 @@ impl Worker {
         let mut next_log_check = Instant::now() + LOG_CHECK_INTERVAL;
         let mut next_reseek = Instant::now() + RESEEK_INTERVAL;
         while !self.cancel.is_cancelled() {
+            // Changes made outside a batch (rows a reset log no longer has) reach watchers here.
+            self.table.publish_changes();
             if !self.paused && self.store.loading_stopped().is_some() {
                 self.pause();
             }
@@ -284,6 +286,7 @@ impl Worker {
                 Some(error) => self.consumer_error(error),
             }
             if applied || reached_end {
+                self.table.publish_changes();
                 self.table.note_advanced();
             }
             let now = Instant::now();

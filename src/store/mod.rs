@@ -3,6 +3,7 @@
 //! Ingest is the only writer; gRPC, status and metrics only read.
 
 pub mod compression;
+mod feed;
 mod partition;
 mod readiness;
 mod record;
@@ -12,10 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 pub use compression::CompressionMode;
+pub use feed::{Cursor, Feed, FeedEvent, FeedSettings, ResumeError};
 pub use partition::PartitionState;
 pub use readiness::Latch;
 pub use record::{Found, Origin};
-pub use table::{Applied, Change, EndOffsets, Prepared, Progress, Table, TooLarge};
+pub use table::{Applied, Change, EndOffsets, HeldRow, Prepared, Progress, Table, TooLarge};
 
 use crate::config::TableConfig;
 
@@ -242,6 +244,81 @@ mod tests {
             "11 + 5 bytes fit in 20, the third value does not"
         );
         assert_eq!(table.get_many(&[b"c", b"a"], 16).unwrap().len(), 2);
+    }
+
+    /// What include_initial relies on: rows read shard by shard while ingest goes on, plus the
+    /// changes numbered after the start that the rows do not already show, are the table,
+    /// and no change is both in the rows and sent.
+    #[test]
+    fn rows_read_during_changes_plus_the_changes_not_shown_are_the_table() {
+        let (table, p) = one_partition_table(1_000_000);
+        let table = Arc::new(table);
+        for offset in 0..2_000 {
+            table.apply(&p, offset, None, upsert(&format!("k{offset}"), "0"));
+        }
+        let feed = table.start_feed(FeedSettings {
+            history_events: 1_000_000,
+            history_bytes: 1 << 30,
+        });
+        table.publish_changes();
+        assert!(feed.is_acknowledged());
+        let start = feed.assigned() + 1;
+        let writer = {
+            let (table, p) = (table.clone(), p.clone());
+            std::thread::spawn(move || {
+                for offset in 2_000..200_000i64 {
+                    let key = format!("k{}", offset % 3_000);
+                    let change = if offset % 5 == 0 {
+                        delete(&key)
+                    } else {
+                        upsert(&key, &offset.to_string())
+                    };
+                    table.apply(&p, offset, None, change);
+                    if offset % 64 == 0 {
+                        table.publish_changes();
+                    }
+                }
+                table.publish_changes();
+            })
+        };
+        let mut view = HashMap::new();
+        let mut shown = Vec::new();
+        let mut overlapped = 0;
+        for shard in 0..table.shard_count() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let (seq, rows) = table.watch_shard(shard, None, |_| true);
+            overlapped += usize::from(seq >= start);
+            shown.push(seq);
+            for row in rows {
+                let (key, found) = table.held_row(&row);
+                view.insert(key, (found.value, found.offset));
+            }
+        }
+        writer.join().unwrap();
+        assert!(overlapped > 0, "the writer ran while rows were read");
+        let mut events = Vec::new();
+        feed.read(start, usize::MAX, &mut events).unwrap();
+        for (seq, event) in events {
+            if table.already_shown(&shown, seq, &event.key) {
+                continue;
+            }
+            if let Some((_, offset)) = view.get(&event.key) {
+                assert!(*offset < event.offset, "change {seq} repeats a row read");
+            }
+            match event.value {
+                Some(value) => view.insert(event.key, (value, event.offset)),
+                None => view.remove(&event.key),
+            };
+        }
+        let mut table_now = HashMap::new();
+        table.for_each_record(|key, value, origin| {
+            table_now.insert(
+                Bytes::copy_from_slice(key),
+                (Bytes::copy_from_slice(value), origin.offset),
+            );
+        });
+        assert_eq!(view.len(), table_now.len());
+        assert!(view == table_now, "rows plus changes differ from the table");
     }
 
     #[test]

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 
 use super::compression::Compression;
+use super::feed::{Feed, FeedEvent, FeedSettings};
 use super::partition::PartitionState;
 use super::readiness::Latch;
 use super::record::{Found, Origin, Record};
@@ -123,6 +124,9 @@ impl Sizes {
     }
 }
 
+/// A row copied out for a watcher; see [`Table::watch_shard`].
+pub struct HeldRow(Record);
+
 pub struct Table {
     name: String,
     topic: String,
@@ -165,6 +169,10 @@ pub struct Table {
     end_offsets: OnceLock<EndOffsets>,
     /// Broker requests made for `latest` reads.
     end_offset_requests: AtomicU64,
+    /// The changes made, for watchers; started by the first Watch.
+    feed: OnceLock<Feed>,
+    /// Watch streams refused because --max-watchers were open.
+    watchers_refused: AtomicU64,
     started: Instant,
     started_at_ms: i64,
     bootstrap_duration: OnceLock<Duration>,
@@ -210,6 +218,8 @@ impl Table {
             advanced: tokio::sync::Notify::new(),
             end_offsets: OnceLock::new(),
             end_offset_requests: AtomicU64::new(0),
+            feed: OnceLock::new(),
+            watchers_refused: AtomicU64::new(0),
             started: Instant::now(),
             started_at_ms: now_ms(),
             bootstrap_duration: OnceLock::new(),
@@ -342,6 +352,35 @@ impl Table {
     /// applied a batch or reached the end of a partition.
     pub fn note_advanced(&self) {
         self.advanced.notify_waiters();
+    }
+
+    /// The change feed, once a watcher started it.
+    pub fn feed(&self) -> Option<&Feed> {
+        self.feed.get()
+    }
+
+    /// The change feed, started with `settings` if this is the first watcher. Changes are
+    /// numbered from the ingest thread's next batch on ([`Feed::is_acknowledged`]).
+    pub fn start_feed(&self, settings: FeedSettings) -> &Feed {
+        self.feed.get_or_init(|| Feed::new(settings))
+    }
+
+    /// A Watch stream on this table was refused: --max-watchers were open.
+    pub fn note_watch_refused(&self) {
+        self.watchers_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn watchers_refused(&self) -> u64 {
+        self.watchers_refused.load(Ordering::Relaxed)
+    }
+
+    /// Hands the changes made since the last call to the watchers; called by the ingest thread
+    /// between batches (cheap when nobody watches).
+    pub fn publish_changes(&self) {
+        if let Some(feed) = self.feed.get() {
+            feed.acknowledge();
+            feed.publish();
+        }
     }
 
     /// What a read waiting for an offset waits on: register with `notified()` (and `enable` it)
@@ -509,10 +548,24 @@ impl Table {
         if !partition.is_new(offset) {
             return Applied::Duplicate;
         }
+        let feed = self.feed.get();
         let applied = match prepared {
             Prepared::Upsert(record) => {
                 let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
                 let added = Sizes::of(&record);
+                // Built before the record moves into the map; numbered only if it is applied.
+                let event = feed.map(|_| FeedEvent {
+                    key: Bytes::copy_from_slice(record.key()),
+                    value: Some(self.compression.value(record.value_and_origin().0)),
+                    partition: incoming.1,
+                    offset,
+                    timestamp_ms: incoming.0,
+                });
+                let number = |event: Option<FeedEvent>| {
+                    if let (Some(feed), Some(event)) = (feed, event) {
+                        feed.number(event);
+                    }
+                };
                 // Replace key and value in place, so a concurrent reader never sees the key absent.
                 match self.entries.entry(record) {
                     dashmap::Entry::Occupied(entry) => {
@@ -524,6 +577,8 @@ impl Table {
                                 return Applied::Superseded;
                             }
                         }
+                        // Numbered while the shard is locked (see the feed module).
+                        number(event);
                         let removed = Sizes::of(&entry.replace_entry(()).0);
                         self.account(added, 1);
                         self.account(removed, -1);
@@ -547,6 +602,7 @@ impl Table {
                         if self.format == Format::Debezium {
                             self.key_shapes.observe(key);
                         }
+                        number(event);
                         entry.insert(());
                         self.account(added, 1);
                         Applied::Upserted
@@ -561,6 +617,10 @@ impl Table {
                     let keep =
                         held.partition != incoming.1 && newer((held.timestamp_ms, held.partition), incoming);
                     held_elsewhere_newer = keep;
+                    if !keep {
+                        // Runs with the shard locked: numbered as the feed module requires.
+                        self.number_deletion(feed, record, incoming.1, offset, incoming.0);
+                    }
                     !keep
                 });
                 if let Some((record, ())) = removed {
@@ -588,6 +648,7 @@ impl Table {
                 self.entries.retain(|record, ()| {
                     let keep = record.origin().partition != truncated;
                     if !keep {
+                        self.number_deletion(feed, record, truncated, offset, incoming.0);
                         removed.add(Sizes::of(record));
                         if bootstrapping {
                             removed_keys.push(Box::from(record.key()));
@@ -616,6 +677,26 @@ impl Table {
         }
     }
 
+    /// Numbers the deletion of `record` for the watchers, if any; the caller holds its shard.
+    fn number_deletion(
+        &self,
+        feed: Option<&Feed>,
+        record: &Record,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: i64,
+    ) {
+        if let Some(feed) = feed {
+            feed.number(FeedEvent {
+                key: Bytes::copy_from_slice(record.key()),
+                value: None,
+                partition,
+                offset,
+                timestamp_ms,
+            });
+        }
+    }
+
     /// Remembers a delete seen during bootstrap, keeping the newest per key: the rule must not
     /// depend on the order the partitions are replayed in.
     fn remember_delete(&self, key: Box<[u8]>, delete: (i64, i32)) {
@@ -641,10 +722,16 @@ impl Table {
 
     /// Removes `key` if it is still held from `partition`; true when it was.
     pub fn remove_from_partition(&self, key: &[u8], partition: i32) -> bool {
-        match self
-            .entries
-            .remove_if(key, |record, ()| record.origin().partition == partition)
-        {
+        let feed = self.feed.get();
+        let removed = self.entries.remove_if(key, |record, ()| {
+            let remove = record.origin().partition == partition;
+            if remove {
+                // No record removes it: the partition's new log lacks it. Offset -1 says so.
+                self.number_deletion(feed, record, partition, -1, -1);
+            }
+            remove
+        });
+        match removed {
             Some((record, ())) => {
                 self.account(Sizes::of(&record), -1);
                 true
@@ -762,6 +849,76 @@ impl Table {
             .into_iter()
             .map(|hit| hit.map(|(range, origin)| origin.with_value(values.slice(range))))
             .collect())
+    }
+
+    /// How many shards the map has: [`Table::watch_shard`] reads one at a time.
+    pub fn shard_count(&self) -> usize {
+        self.entries.shards().len()
+    }
+
+    /// The shard that holds `key`.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        self.entries.determine_map(key)
+    }
+
+    /// Copies out the rows of one shard whose keys pass `wanted` (all of them, with `keys`
+    /// None; else those of `keys` in this shard), with the number of the last change the feed
+    /// had numbered while the shard was locked: the rows show every change to the shard's keys
+    /// numbered up to it and none after (the feed module says why). The shard is read-locked
+    /// only while records are copied, their values still compressed ([`Table::held_row`]).
+    #[allow(unsafe_code)]
+    pub fn watch_shard(
+        &self,
+        shard: usize,
+        keys: Option<&[Bytes]>,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> (u64, Vec<HeldRow>) {
+        let guard = self.entries.shards()[shard].read();
+        let seq = self.feed.get().map_or(0, Feed::assigned);
+        let copy = |record: &Record| {
+            let (stored, origin) = record.value_and_origin();
+            HeldRow(Record::with_value(record.key(), stored, origin))
+        };
+        let rows = match keys {
+            Some(keys) => keys
+                .iter()
+                .filter(|key| self.shard_of(key) == shard && wanted(key))
+                .filter_map(|key| {
+                    let hash = self.entries.hash_usize(&key.as_ref()) as u64;
+                    guard.get(hash, |(record, _)| record.key() == key.as_ref())
+                })
+                .map(|(record, _)| copy(record))
+                .collect(),
+            // SAFETY: hashbrown's raw iterator is unsafe only because it could outlive its table;
+            // it and every reference it yields live within this block, while `guard` keeps the
+            // shard's table alive and unchanged. Dashmap reads one shard under its lock only
+            // through this raw table, and a watcher needs that: rows and change numbers read in
+            // one locked moment are what makes include_initial exact.
+            None => unsafe {
+                guard
+                    .iter()
+                    .map(|bucket| &bucket.as_ref().0)
+                    .filter(|record| wanted(record.key()))
+                    .map(copy)
+                    .collect()
+            },
+        };
+        (seq, rows)
+    }
+
+    /// Whether rows read by [`Table::watch_shard`] already show change `seq` of `key`: `shown`
+    /// holds, per shard, the number [`Table::watch_shard`] returned for it.
+    pub fn already_shown(&self, shown: &[u64], seq: u64, key: &[u8]) -> bool {
+        shown.get(self.shard_of(key)).is_some_and(|&last| seq <= last)
+    }
+
+    /// A row copied out by [`Table::watch_shard`], its value as received.
+    pub fn held_row(&self, row: &HeldRow) -> (Bytes, Found) {
+        let (stored, origin) = row.0.value_and_origin();
+        (
+            Bytes::copy_from_slice(row.0.key()),
+            origin.with_value(self.compression.value(stored)),
+        )
     }
 
     /// True when the start-up partitions are known and every one has caught up.
