@@ -604,7 +604,7 @@ fn describe(recorder: &PrometheusRecorder) {
     );
     counter(
         GRPC_REQUESTS_TOTAL,
-        "Finished gRPC calls by method and status code.",
+        "Finished gRPC calls by method and status code. A Watch counts when its stream ends: OK when the client closed it, else the status the sidecar ended it with.",
     );
     histogram(
         GRPC_REQUEST_DURATION_SECONDS,

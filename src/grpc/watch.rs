@@ -245,6 +245,8 @@ impl Stream {
     async fn run(self) {
         let code = match self.stream().await {
             Ok(()) => Code::Ok,
+            // The client closing its stream is how a watch ends normally.
+            Err(End(status)) if status.code() == Code::Cancelled => Code::Ok,
             Err(End(status)) => {
                 let code = status.code();
                 // The client may be gone; nothing to tell it then.

@@ -10,15 +10,12 @@ Needs: the binary (CDC_CACHE_BIN, default target/debug/cdc-cache), /usr/bin/prom
 PROMETHEUS_BIN) and the Python packages grpcio, grpcio-tools, pyyaml, pytest.
 """
 
-import importlib
 import json
 import math
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,13 +25,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sidecar_process import demo, free_port, generate_stubs, http_get, log_tail, stop
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = REPO / "helm" / "cdc-cache" / "files"
 DASHBOARD = FILES / "cdc-cache-dashboard.json"
 RULES = FILES / "cdc-cache-alerts.rules.yaml"
-PROTO_ROOT = REPO / "proto"
-PROTO = PROTO_ROOT / "cdc_cache" / "v1" / "cache.proto"
 
 # Static labels the test Prometheus adds, standing in for Kubernetes service discovery.
 NAMESPACE = "demo"
@@ -69,6 +65,10 @@ TABLE_METRICS = {
     "cdc_cache_kafka_errors_total",
     "cdc_cache_key_conflicts_total",
     "cdc_cache_end_offset_requests_total",
+    "cdc_cache_watchers",
+    "cdc_cache_watchers_dropped_total",
+    "cdc_cache_watch_events_total",
+    "cdc_cache_watch_history_bytes",
     "cdc_cache_table_problem",
     "cdc_cache_bootstrap_source",
     "cdc_cache_bootstrap_fetched_bytes",
@@ -136,38 +136,6 @@ def substitute(expr, table):
     return VARIABLE.sub(replace, expr)
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=5):
-    """(status, body) without raising on HTTP error statuses."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-
-
-def log_tail(path, lines=40):
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def stop(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 class PromAPI:
     def __init__(self, base):
         self.base = base
@@ -213,79 +181,14 @@ def sample_values(data):
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory):
     """A running `cdc-cache demo`, ready; yields (grpc address, admin address)."""
-    binary = Path(os.environ.get("CDC_CACHE_BIN", REPO / "target" / "debug" / "cdc-cache"))
-    if not binary.is_absolute():
-        binary = REPO / binary
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(
-            f"cdc-cache binary not found at {binary}: run `cargo build` first, or point CDC_CACHE_BIN at it"
-        )
-    tmp = tmp_path_factory.mktemp("sidecar")
-    grpc_addr = f"127.0.0.1:{free_port()}"
-    admin_addr = f"127.0.0.1:{free_port()}"
-    log = tmp / "cdc-cache.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                str(binary),
-                "demo",
-                "--grpc-listen",
-                grpc_addr,
-                "--admin-listen",
-                admin_addr,
-                "--update-interval",
-                "200ms",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"cdc-cache demo exited with {process.returncode}:\n{log_tail(log)}")
-            try:
-                status, _ = http_get(f"http://{admin_addr}/readyz", timeout=2)
-            except OSError:
-                status = None
-            if status == 200:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"cdc-cache demo not ready within 60 s (last /readyz: {status}):\n{log_tail(log)}")
-            time.sleep(0.2)
-        yield grpc_addr, admin_addr
-    finally:
-        stop(process)
+    with demo(tmp_path_factory.mktemp("sidecar"), "--update-interval", "200ms") as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory):
     """The generated Python modules for cdc_cache.v1: (cache_pb2, cache_pb2_grpc)."""
-    out = tmp_path_factory.mktemp("stubs")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(PROTO),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, f"grpc_tools.protoc failed:\n{result.stderr}"
-    sys.path.insert(0, str(out))
-    try:
-        importlib.invalidate_caches()
-        pb2 = importlib.import_module("cdc_cache.v1.cache_pb2")
-        pb2_grpc = importlib.import_module("cdc_cache.v1.cache_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-    return pb2, pb2_grpc
+    return generate_stubs(tmp_path_factory.mktemp("stubs"))
 
 
 class Traffic:
