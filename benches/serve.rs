@@ -27,7 +27,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tonic::transport::Channel;
 
-use common::{arg, create_topics, free_port, median, produce_each, sorted, start_tansu, Killed, Sidecar};
+use common::{
+    arg, cpu_seconds, create_topics, free_port, median, produce_each, sorted, start_tansu, Killed, Sidecar,
+};
 
 const TOPIC: &str = "bench.kv";
 const VALUE_BYTES: usize = 200;
@@ -372,19 +374,6 @@ async fn assert_loaded(grpc: &str, keys: usize) {
         assert!(Instant::now() < deadline, "not every key loaded: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// CPU seconds used so far (user + system) by process `pid` ("self" for this one).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 struct Redis {
