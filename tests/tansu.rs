@@ -173,6 +173,15 @@ async fn broker_restart_mid_tail_loses_nothing() {
     let mut client = sidecar.client().await;
     wait_ready(&mut client, READY_TIMEOUT).await;
     assert_cache_equals(&mut client, &expected).await;
+    // A watcher across the outage: rows, then every change once, whatever Tansu redelivers.
+    let mut watcher = client
+        .watch(cdc_cache::proto::WatchRequest {
+            include_initial: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     tansu.stop();
     // Reads keep working from memory while the broker is gone, and the staleness shows.
@@ -218,6 +227,36 @@ async fn broker_restart_mid_tail_loses_nothing() {
         status.tables[0].partitions.iter().all(|p| p.lag == 0),
         "{status:?}"
     );
+
+    let mut seen = Expected::new();
+    let mut delivered = std::collections::HashSet::new();
+    let want: Expected = expected
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    while seen != want {
+        let event = tokio::time::timeout(Duration::from_secs(30), watcher.message())
+            .await
+            .expect("the watcher catches up with the cache")
+            .unwrap()
+            .expect("open");
+        use cdc_cache::proto::change_event::Type;
+        match event.r#type() {
+            Type::Initial | Type::Upsert => {
+                seen.insert(event.key.to_vec(), Some(event.value.to_vec()));
+            }
+            Type::Delete => {
+                seen.remove(&event.key[..]);
+            }
+            _ => continue,
+        }
+        let coordinates = (event.partition, event.offset, event.key.to_vec());
+        assert!(delivered.insert(coordinates), "delivered twice: {event:?}");
+    }
+    // Nothing more was written: nothing more may come, redeliveries included.
+    let extra = tokio::time::timeout(Duration::from_secs(3), watcher.message()).await;
+    assert!(extra.is_err(), "an event after the last write: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
