@@ -290,6 +290,7 @@ fn replay(o: &Options) {
                     table: "replay".into(),
                     format: Format::Debezium,
                     compression: clap::ValueEnum::from_str(&o.compression, true).unwrap(),
+                    projection: None,
                 };
                 let table = Table::new(&config);
                 table.set_initial_partitions(

@@ -239,23 +239,10 @@ fn memory(
     // With compression, memory settles once a dictionary is trained and the records held are
     // recompressed: wait for the generation and ratio to stop moving.
     let settled = |sidecar: &Sidecar, compression: &str| {
-        let ratio = series("cdc_cache_compression_ratio");
         if compression != "off" {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let generation = series("cdc_cache_compression_dictionary_generation");
-            let mut last = (0.0, 0.0);
-            while Instant::now() < deadline {
-                let now = (
-                    sidecar.metric(&generation).unwrap_or(0.0),
-                    sidecar.metric(&ratio).unwrap_or(1.0),
-                );
-                if now.0 >= 1.0 && now == last {
-                    break;
-                }
-                last = now;
-                std::thread::sleep(Duration::from_secs(1));
-            }
+            sidecar.wait_compression_settled(TOPIC);
         }
+        let ratio = series("cdc_cache_compression_ratio");
         (sidecar.settled_rss(), sidecar.metric(&ratio).unwrap_or(1.0))
     };
     let other = if o.compression == "off" { "auto" } else { "off" };

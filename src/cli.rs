@@ -167,6 +167,17 @@ pub struct ServeOptions {
     #[arg(long, env = "CDC_CACHE_ON_DECODE_ERROR", default_value = "skip")]
     pub on_decode_error: OnDecodeError,
 
+    /// Keep only these columns of a table's rows, besides the key's, to save the memory of
+    /// columns the app never reads: `customers=id,email,tier`. Repeatable, one table each; the
+    /// env var takes several separated by `;`. Row formats only (debezium).
+    #[arg(
+        long,
+        env = "CDC_CACHE_PROJECT",
+        value_name = "TABLE=COLUMN[,COLUMN...]",
+        value_delimiter = ';'
+    )]
+    pub project: Vec<String>,
+
     /// Threads that decode records (and compress values) in parallel, across the records of
     /// every partition; each partition's records are still applied in offset order. 0: one per
     /// CPU the container may use (its CPU limit, rounded up), so a sidecar limited to one CPU

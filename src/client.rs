@@ -392,6 +392,12 @@ fn render_status(status: &StatusResponse) -> String {
             seconds(t.broker_silence_ms),
             seconds(t.bootstrap_duration_ms),
         ));
+        if !t.projection.is_empty() {
+            out.push_str(&format!(
+                "  projection: key columns and {}\n",
+                t.projection.join(", ")
+            ));
+        }
         if !t.problem.is_empty() {
             out.push_str(&format!("  problem: {}\n", t.problem));
         }

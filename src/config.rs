@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::cli::ServeOptions;
-use crate::format::Format;
+use crate::format::{Format, Projection};
 use crate::ingest::kafka_config;
 use crate::store::CompressionMode;
 
@@ -41,6 +41,8 @@ pub struct TableConfig {
     pub table: String,
     pub format: Format,
     pub compression: CompressionMode,
+    /// The columns rows keep besides the key's (`--project`); None keeps every column.
+    pub projection: Option<Projection>,
 }
 
 /// Where the gRPC server listens.
@@ -155,6 +157,8 @@ pub enum ConfigError {
     KafkaOptionValue { key: String, reason: &'static str },
     #[error("--client-id: empty")]
     ClientId,
+    #[error("--project {value:?}: {reason}")]
+    Project { value: String, reason: String },
     #[error("--watch-history {0}: must be at least 16 changes")]
     WatchHistory(usize),
     #[error("--watch-history-bytes {0}: must be at least 64Ki")]
@@ -185,13 +189,14 @@ impl ServeOptions {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let tables: Vec<TableConfig> = tables
+        let mut tables: Vec<TableConfig> = tables
             .into_iter()
             .map(|table| TableConfig {
                 compression: self.compression,
                 ..table
             })
             .collect();
+        set_projections(&mut tables, &self.project)?;
         let grpc_listen: ListenAddr = self
             .grpc_listen
             .parse()
@@ -330,6 +335,37 @@ fn parse_socket_mode(text: &str) -> Option<u32> {
 
 /// Parses `TOPIC[=TABLE][:FORMAT]` specs. Kafka topic names never contain `=` or `:`, so the
 /// separators are unambiguous.
+/// Gives each table named by a `--project TABLE=COLUMN,...` its projection. Only row formats
+/// have columns: a raw table's values are opaque bytes.
+fn set_projections(tables: &mut [TableConfig], specs: &[String]) -> Result<(), ConfigError> {
+    for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let bad = |reason: String| ConfigError::Project {
+            value: spec.to_string(),
+            reason,
+        };
+        let (name, columns) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("expected TABLE=COLUMN[,COLUMN...]".into()))?;
+        let names: Vec<&str> = tables.iter().map(|t| t.table.as_str()).collect();
+        let known = names.join(", ");
+        let table = tables
+            .iter_mut()
+            .find(|t| t.table == name.trim())
+            .ok_or_else(|| bad(format!("no table {:?}; configured tables: {known}", name.trim())))?;
+        if table.format == Format::Raw {
+            return Err(bad(format!(
+                "table {:?} is raw: its values are bytes, not rows with columns; projection needs a row format (debezium)",
+                table.table
+            )));
+        }
+        if table.projection.is_some() {
+            return Err(bad(format!("table {:?} is projected twice", table.table)));
+        }
+        table.projection = Some(Projection::parse(columns).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(())
+}
+
 pub fn parse_topics(specs: &[String], default_format: Format) -> Result<Vec<TableConfig>, ConfigError> {
     let mut tables = Vec::new();
     let mut topics_seen = HashSet::new();
@@ -366,6 +402,7 @@ pub fn parse_topics(specs: &[String], default_format: Format) -> Result<Vec<Tabl
             table: table.to_string(),
             format,
             compression: CompressionMode::default(),
+            projection: None,
         });
     }
     if tables.is_empty() {
@@ -506,6 +543,7 @@ mod tests {
                 table: "orders".into(),
                 format: Format::Raw,
                 compression: CompressionMode::Auto,
+                projection: None,
             }]
         );
         assert_eq!(
@@ -900,5 +938,47 @@ mod tests {
         assert!(err.contains("--watch-history-bytes"), "{err}");
         let err = serve(&["--brokers", "k", "--topic", "a", "--max-watchers", "many"]).unwrap_err();
         assert!(err.contains("--max-watchers"), "{err}");
+    }
+
+    #[test]
+    fn projections_name_a_row_table_and_columns() {
+        let topics = [
+            "--brokers",
+            "k",
+            "--topic",
+            "dbz.a=a:debezium",
+            "--topic",
+            "dbz.b=b:debezium",
+            "--topic",
+            "r",
+        ];
+        let with = |project: &[&str]| {
+            let mut args = topics.to_vec();
+            args.extend_from_slice(project);
+            serve(&args)
+        };
+        let config = with(&["--project", "a=id, email", "--project", "b=x"]).unwrap();
+        let columns = |i: usize| config.tables[i].projection.as_ref().map(ToString::to_string);
+        assert_eq!(
+            (columns(0), columns(1), columns(2)),
+            (Some("email,id".into()), Some("x".into()), None)
+        );
+        // The env var's form: several tables separated by ';'.
+        let config = with(&["--project", "a=id;b=y,z"]).unwrap();
+        assert_eq!(config.tables[1].projection.as_ref().unwrap().to_string(), "y,z");
+        for (project, want) in [
+            ("nope=id", "no table \"nope\"; configured tables: a, b, r"),
+            ("r=id", "table \"r\" is raw"),
+            ("a", "expected TABLE=COLUMN"),
+            ("a=id,,x", "an empty column name"),
+        ] {
+            let err = with(&["--project", project]).unwrap_err();
+            assert!(
+                err.contains("--project") && err.contains(want),
+                "{project}: {err}"
+            );
+        }
+        let err = with(&["--project", "a=id", "--project", "a=x"]).unwrap_err();
+        assert!(err.contains("projected twice"), "{err}");
     }
 }

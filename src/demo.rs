@@ -49,6 +49,7 @@ pub async fn run(
         table: TABLE.into(),
         format: Format::Debezium,
         compression: Default::default(),
+        projection: None,
     };
     let config = args.options.into_config(brokers.clone(), vec![table], env)?;
     let listeners = Listeners::bind(&config).await?;

@@ -759,3 +759,72 @@ async fn parallel_decode_applies_every_partition_in_offset_order() {
     assert!(expected.len() > 1000, "most keys end alive");
     wait_cache_is(&client, "customers", &expected, TAIL_TIMEOUT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projected_tables_keep_only_the_named_columns_and_the_key() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("dbz.customers", 1, 1).unwrap();
+    cluster.create_topic("dbz.orders", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let row = br#"{"before":null,"after":{"id":42,"name":"Ann","email":"ann@x","tier":"gold","notes":"long text"},"op":"c"}"#;
+    produce(&brokers, "dbz.customers", &[upsert(br#"{"id":42}"#, row)]);
+    produce(
+        &brokers,
+        "dbz.orders",
+        &[upsert(br#"{"id":1}"#, br#"{"id":1,"total":5}"#)],
+    );
+    let app = TestApp::start(
+        &brokers,
+        &[
+            "--topic",
+            "dbz.customers=customers:debezium",
+            "--topic",
+            "dbz.orders=orders:debezium",
+            "--project",
+            "customers=email,tier",
+        ],
+    )
+    .await;
+    let mut client = app.client().await;
+    wait_ready(&mut client, READY_TIMEOUT).await;
+    let customer = value(&mut client, "customers", br#"{"id":42}"#).await.unwrap();
+    assert_eq!(customer, br#"{"id":42,"email":"ann@x","tier":"gold"}"#);
+    // Other tables keep every column.
+    let order = value(&mut client, "orders", br#"{"id":1}"#).await.unwrap();
+    assert_eq!(order, br#"{"id":1,"total":5}"#);
+    let status = status(&mut client).await;
+    let projections: Vec<Vec<String>> = status.tables.iter().map(|t| t.projection.clone()).collect();
+    assert_eq!(
+        projections,
+        [vec!["email".to_string(), "tier".to_string()], vec![]]
+    );
+
+    // Changes arrive projected too, to readers and watchers alike.
+    let mut watcher = client
+        .watch(cdc_cache::proto::WatchRequest {
+            table: "customers".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watcher.message().await.unwrap().unwrap().r#type(),
+        cdc_cache::proto::change_event::Type::Synced
+    );
+    produce(
+        &brokers,
+        "dbz.customers",
+        &[upsert(
+            br#"{"id":42}"#,
+            br#"{"before":null,"after":{"id":42,"name":"Ann","email":"new@x","tier":"gold","notes":""},"op":"u"}"#,
+        )],
+    );
+    let event = tokio::time::timeout(Duration::from_secs(20), watcher.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&event.value[..], br#"{"id":42,"email":"new@x","tier":"gold"}"#);
+    app.stop().await.expect("clean shutdown");
+}

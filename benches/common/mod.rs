@@ -113,6 +113,26 @@ impl Sidecar {
             .and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
+    /// Waits (up to 2 min) until `table`'s values are compressed for good: a dictionary
+    /// trained and the compression ratio no longer moving as held records are recompressed.
+    pub fn wait_compression_settled(&self, table: &str) {
+        let series = |name: &str| format!(r#"{name}{{table="{table}"}}"#);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = (0.0, 0.0);
+        while Instant::now() < deadline {
+            let now = (
+                self.metric(&series("cdc_cache_compression_dictionary_generation"))
+                    .unwrap_or(0.0),
+                self.metric(&series("cdc_cache_compression_ratio")).unwrap_or(1.0),
+            );
+            if now.0 >= 1.0 && now == last {
+                return;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// Resident memory after a pause that lets the consumer's fetch queue drain.
     pub fn settled_rss(&self) -> u64 {
         std::thread::sleep(Duration::from_secs(2));

@@ -29,7 +29,9 @@ use serde_json::value::RawValue;
 use crate::store::Change;
 
 mod key_shape;
+mod project;
 pub use key_shape::{KeyShape, KeyShapes};
+pub use project::{Projection, ProjectionError};
 
 /// How a topic's records are decoded into keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -224,9 +226,14 @@ impl<'a> Object<'a> {
     }
 
     fn compact_without(&self, skip: &str) -> Vec<u8> {
+        self.compact_only(|name| name != skip)
+    }
+
+    /// The object, compact, with only the fields whose names `keep` accepts, in order.
+    fn compact_only(&self, keep: impl Fn(&str) -> bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.get().len());
         out.push(b'{');
-        for (name, value) in self.fields.iter().filter(|(k, _)| k != skip) {
+        for (name, value) in self.fields.iter().filter(|(k, _)| keep(k)) {
             if out.len() > 1 {
                 out.push(b',');
             }

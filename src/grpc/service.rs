@@ -286,5 +286,8 @@ fn table_status(table: &Table, now_ms: i64) -> TableStatus {
         key_conflicts: table.key_conflicts(),
         stored_bytes: table.stored_bytes(),
         compression_ratio: table.compression_ratio(),
+        projection: table
+            .projection()
+            .map_or_else(Vec::new, |p| p.columns().map(String::from).collect()),
     }
 }

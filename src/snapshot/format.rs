@@ -30,6 +30,9 @@ pub struct Metadata {
     pub topic: String,
     /// The row format the records were decoded with (`raw`, `debezium`).
     pub format: String,
+    /// The columns the rows kept (`--project`, sorted, comma-separated); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection: Option<String>,
     /// Where each partition's records end: loading resumes every partition here.
     pub partitions: Vec<PartitionPosition>,
     /// Wall clock when the positions were taken, ms since the Unix epoch.
@@ -314,6 +317,7 @@ mod tests {
             table: "customers".into(),
             topic: "dbz.public.customers".into(),
             format: "debezium".into(),
+            projection: None,
             partitions: vec![
                 PartitionPosition {
                     partition: 0,

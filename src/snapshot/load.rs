@@ -52,6 +52,18 @@ pub fn check(
             table.format()
         ));
     }
+    let projection = table.projection().map(ToString::to_string);
+    if metadata.projection != projection {
+        let columns = |p: &Option<String>| {
+            p.as_ref()
+                .map_or("every column".to_string(), |c| format!("columns {c}"))
+        };
+        return Err(format!(
+            "its rows kept {}, the table keeps {} (--project)",
+            columns(&metadata.projection),
+            columns(&projection)
+        ));
+    }
     let age = now_ms.saturating_sub(metadata.created_at_ms).max(0) as u64;
     if Duration::from_millis(age) > max_age {
         return Err(format!(
@@ -207,6 +219,7 @@ mod tests {
             table: "orders".into(),
             format: Format::Raw,
             compression: Default::default(),
+            projection: None,
         });
         table.set_initial_partitions([PartitionState::new(0, 0, 100)]);
         table
@@ -217,6 +230,7 @@ mod tests {
             table: "orders".into(),
             topic: "orders".into(),
             format: "raw".into(),
+            projection: None,
             partitions: vec![PartitionPosition {
                 partition: 0,
                 position,
@@ -250,6 +264,17 @@ mod tests {
         assert!(error.contains("topic orders"), "{error}");
         let error = check(&metadata(50, now), &orders, &BTreeMap::new(), day, now).unwrap_err();
         assert!(error.contains("partition 0 no longer exists"), "{error}");
+        // Rows kept with other columns than the table keeps now.
+        let projected = metadata(50, now);
+        let projected = Metadata {
+            projection: Some("email,id".into()),
+            ..projected
+        };
+        let error = check(&projected, &orders, &bounds, day, now).unwrap_err();
+        assert!(
+            error.contains("kept columns email,id, the table keeps every column (--project)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl LocalSnapshots {
             table: table.name().to_string(),
             topic: table.topic().to_string(),
             format: table.format().to_string(),
+            projection: table.projection().map(ToString::to_string),
             partitions: table
                 .partitions()
                 .iter()
@@ -194,6 +195,7 @@ mod tests {
             table: "orders".into(),
             format: Format::Raw,
             compression: Default::default(),
+            projection: None,
         });
         table.set_initial_partitions([PartitionState::new(0, 0, 10), PartitionState::new(1, 0, 10)]);
         for (p, offset, key) in [(0, 0, "a"), (0, 1, "b"), (1, 0, "c")] {

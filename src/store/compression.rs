@@ -451,6 +451,7 @@ mod tests {
             table: "customers".into(),
             format: Format::Raw,
             compression: mode,
+            projection: None,
         });
         table.set_initial_partitions([PartitionState::already_caught_up(0)]);
         assert!(table.try_mark_ready());

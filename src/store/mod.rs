@@ -136,6 +136,7 @@ mod tests {
             table: table.to_string(),
             format: Format::Raw,
             compression: Default::default(),
+            projection: None,
         }
     }
 

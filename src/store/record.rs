@@ -272,6 +272,34 @@ static SMALL_RECORDS: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(miri)]
 static SMALL_RECORDS: std::alloc::System = std::alloc::System;
 
+/// Makes mimalloc give a page back to the OS as soon as its last block is freed. With its
+/// default 10 ms purge delay, the pages of records freed after loading (replaced when values are
+/// recompressed with a trained dictionary, or shrunk by `--project`) stayed resident: measured
+/// with `cargo bench --bench projection`, a projected table with `--compression auto` took 269
+/// bytes per entry of RSS instead of 153. Done once, before the first small record.
+#[cfg(not(miri))]
+fn purge_freed_pages_at_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // mimalloc v2 (the version libmimalloc-sys builds by default): `mi_option_purge_delay`
+        // is 15 in `mi_option_e`, which the binding crate does not name.
+        const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+        #[allow(unsafe_code)]
+        unsafe extern "C" {
+            fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+        }
+        // SAFETY: mi_option_set stores an option value in mimalloc's option table; it has no
+        // preconditions and touches no allocation.
+        #[allow(unsafe_code)]
+        unsafe {
+            mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    });
+}
+
+#[cfg(miri)]
+fn purge_freed_pages_at_once() {}
+
 /// Moves a record's bytes into their long-lived allocation.
 fn allocate(bytes: Vec<u8>) -> NonNull<u8> {
     if bytes.len() > SMALL_RECORD {
@@ -279,6 +307,7 @@ fn allocate(bytes: Vec<u8>) -> NonNull<u8> {
         let boxed = Box::into_raw(bytes.into_boxed_slice());
         return NonNull::new(boxed.cast::<u8>()).expect("Box pointers are non-null");
     }
+    purge_freed_pages_at_once();
     let layout = small_layout(bytes.len());
     // SAFETY: the layout's size is non-zero: every record holds at least its length prefix.
     #[allow(unsafe_code)]

@@ -16,7 +16,7 @@ use super::readiness::Latch;
 use super::record::{Found, Origin, Record};
 use crate::clock::now_ms;
 use crate::config::TableConfig;
-use crate::format::{Format, KeyShapes};
+use crate::format::{Format, KeyShapes, Projection};
 
 /// Asks the broker for every partition's end offset, blocking up to the timeout.
 pub type EndOffsets = Box<dyn Fn(&[i32], Duration) -> Result<Vec<(i32, i64)>, String> + Send + Sync>;
@@ -131,6 +131,8 @@ pub struct Table {
     name: String,
     topic: String,
     format: Format,
+    /// The columns rows keep besides the key's; None keeps them all.
+    projection: Option<Projection>,
     pub(super) entries: DashMap<Record, ()>,
     /// How values are stored: the dictionaries and the sample being taken.
     compression: Compression,
@@ -199,6 +201,7 @@ impl Table {
             name: config.table.clone(),
             topic: config.topic.clone(),
             format: config.format,
+            projection: config.projection.clone(),
             entries: DashMap::new(),
             compression: Compression::new(config.compression),
             partitions: RwLock::new(BTreeMap::new()),
@@ -236,6 +239,11 @@ impl Table {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The columns rows keep besides the key's (`--project`), if the table is projected.
+    pub fn projection(&self) -> Option<&Projection> {
+        self.projection.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -523,6 +531,10 @@ impl Table {
     ) -> Prepared {
         match change {
             Change::Upsert { key, value } => {
+                let value = match &self.projection {
+                    Some(projection) => projection.apply(&key, value),
+                    None => value,
+                };
                 let origin = Origin {
                     partition,
                     offset,

@@ -603,6 +603,9 @@ def test_env_carries_the_values(render):
         "CDC_CACHE_CLIENT_ID": "orders-prod",
         "CDC_CACHE_MAX_MULTIGET_KEYS": "10000",
         "CDC_CACHE_GRPC_MAX_MESSAGE_BYTES": "67108864",
+        "CDC_CACHE_MAX_WATCHERS": "256",
+        "CDC_CACHE_WATCH_HISTORY": "65536",
+        "CDC_CACHE_WATCH_HISTORY_BYTES": "64Mi",
         "CDC_CACHE_SHUTDOWN_GRACE": "20s",
         "CDC_CACHE_PARTITION_DISCOVERY_INTERVAL": "30s",
         "CDC_CACHE_ON_DECODE_ERROR": "fail",
@@ -633,6 +636,30 @@ def test_client_id_defaults_to_the_binary_which_uses_the_pod_name(render):
 def test_topics_render_as_topic_table_format(render, topics, expected):
     docs = render(merge(BASE, {"topics": topics}))
     assert env_of(sidecar(docs)[0])["CDC_CACHE_TOPICS"] == expected
+
+
+def test_topic_columns_render_as_projections_by_table(render):
+    topics = [
+        {"topic": "dbz.public.orders", "table": "orders", "format": "debezium", "columns": ["status", "total"]},
+        {"topic": "customers", "format": "debezium", "columns": ["email"]},
+        {"topic": "prices"},
+    ]
+    env = env_of(sidecar(render(merge(BASE, {"topics": topics})))[0])
+    assert env["CDC_CACHE_PROJECT"] == "orders=status,total;customers=email"
+    assert "CDC_CACHE_PROJECT" not in env_of(sidecar(render(BASE))[0])
+
+
+@pytest.mark.parametrize("columns", [[], ["a,b"], ["a", "a"], ["x=y"]])
+def test_bad_topic_columns_are_refused_at_install(refuse, columns):
+    error = refuse(merge(BASE, {"topics": [{"topic": "t", "format": "debezium", "columns": columns}]}))
+    assert "columns" in error, error
+
+
+def test_watch_values_render_as_env(render):
+    docs = render(merge(BASE, {"watch": {"maxWatchers": 0, "history": 1000, "historyBytes": "8Mi"}}))
+    env = env_of(sidecar(docs)[0])
+    assert (env["CDC_CACHE_MAX_WATCHERS"], env["CDC_CACHE_WATCH_HISTORY"], env["CDC_CACHE_WATCH_HISTORY_BYTES"]) == (
+        "0", "1000", "8Mi")
 
 
 def test_kafka_options_become_one_env_var_each_and_secrets_come_from_secrets(render):

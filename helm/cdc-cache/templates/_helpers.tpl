@@ -271,6 +271,17 @@ rather than as a crash-looping sidecar.
 {{- join "," $specs -}}
 {{- end -}}
 
+{{/* CDC_CACHE_PROJECT: TABLE=COLUMN,... for each topic with columns, joined by semicolons. */}}
+{{- define "cdc-cache.projections" -}}
+{{- $specs := list -}}
+{{- range .Values.topics -}}
+{{- if .columns -}}
+{{- $specs = append $specs (printf "%s=%s" (.table | default .topic) (join "," .columns)) -}}
+{{- end -}}
+{{- end -}}
+{{- join ";" $specs -}}
+{{- end -}}
+
 {{/* The env var carrying one librdkafka property: sasl.password -> CDC_CACHE_KAFKA_SASL_PASSWORD. */}}
 {{- define "cdc-cache.kafkaEnvName" -}}
 CDC_CACHE_KAFKA_{{ . | replace "." "_" | upper }}
@@ -599,6 +610,10 @@ and publisher.resources.
       value: {{ include "cdc-cache.topics" $ctx | quote }}
     - name: CDC_CACHE_FORMAT
       value: {{ $v.format | quote }}
+    {{- with include "cdc-cache.projections" $ctx }}
+    - name: CDC_CACHE_PROJECT
+      value: {{ . | quote }}
+    {{- end }}
     - name: CDC_CACHE_GRPC_LISTEN
       value: {{ $grpc | quote }}
     {{- if $socketDir }}
@@ -616,6 +631,12 @@ and publisher.resources.
       value: {{ $v.maxMultigetKeys | int64 | toString | quote }}
     - name: CDC_CACHE_GRPC_MAX_MESSAGE_BYTES
       value: {{ $v.grpcMaxMessageBytes | int64 | toString | quote }}
+    - name: CDC_CACHE_MAX_WATCHERS
+      value: {{ $v.watch.maxWatchers | int64 | toString | quote }}
+    - name: CDC_CACHE_WATCH_HISTORY
+      value: {{ $v.watch.history | int64 | toString | quote }}
+    - name: CDC_CACHE_WATCH_HISTORY_BYTES
+      value: {{ $v.watch.historyBytes | toString | quote }}
     {{- if and (not $v.nativeSidecar) (not $publisher) }}
     # Classic sidecar: the app gets SIGTERM at the same moment; keep answering while it drains.
     - name: CDC_CACHE_SHUTDOWN_DELAY
