@@ -281,7 +281,9 @@ fn replay(o: &Options) {
         "| decode threads | records/s min / median / max | ratio to 1 thread (medians) |\n|---|---|---|"
     );
     let mut single = 0.0;
-    for decode_threads in [1, threads] {
+    // Last, one thread with the table watched: every change also goes to the Watch feed (the
+    // value copied out, numbered, published per batch into the bounded history).
+    for (decode_threads, watched) in [(1, false), (threads, false), (1, true)] {
         let decoders = Decoders::new(decode_threads).unwrap();
         let mut rates: Vec<f64> = (0..o.runs)
             .map(|_| {
@@ -297,6 +299,13 @@ fn replay(o: &Options) {
                     (0..o.partitions).map(|p| PartitionState::new(p, 0, partitions[p as usize].len() as i64)),
                 );
                 let states: Vec<_> = (0..o.partitions).map(|p| table.partition(p).unwrap()).collect();
+                if watched {
+                    table.start_feed(cdc_cache::store::FeedSettings {
+                        history_events: 65_536,
+                        history_bytes: 64 << 20,
+                    });
+                    table.publish_changes();
+                }
                 let started = Instant::now();
                 // Batches interleave partitions in runs, as fetch responses do.
                 let mut next = vec![0usize; partitions.len()];
@@ -329,6 +338,7 @@ fn replay(o: &Options) {
                             record.prepared.unwrap(),
                         );
                     }
+                    table.publish_changes();
                 }
                 let elapsed = started.elapsed();
                 assert_eq!(table.len(), o.records, "every record applied");
@@ -337,11 +347,16 @@ fn replay(o: &Options) {
             .collect();
         rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let median = rates[rates.len() / 2];
-        if decode_threads == 1 {
+        if decode_threads == 1 && !watched {
             single = median;
         }
+        let label = if watched {
+            format!("{decode_threads}, table watched (changes copied to the Watch feed)")
+        } else {
+            decode_threads.to_string()
+        };
         println!(
-            "| {decode_threads} | {:.0} / {:.0} / {:.0} | {:.2} |",
+            "| {label} | {:.0} / {:.0} / {:.0} | {:.2} |",
             rates[0],
             median,
             rates[rates.len() - 1],

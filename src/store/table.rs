@@ -52,8 +52,12 @@ impl Change {
 /// a map update. See [`Table::prepare`].
 #[derive(Debug)]
 pub enum Prepared {
-    Upsert(Record),
-    Delete { key: Vec<u8> },
+    /// The record, and the value as received when the table is watched: the Watch feed takes it
+    /// from here rather than decompressing it out of the record on the ingest thread.
+    Upsert(Record, Option<Bytes>),
+    Delete {
+        key: Vec<u8>,
+    },
     Truncate,
 }
 
@@ -61,7 +65,7 @@ impl Prepared {
     /// The key the change concerns; None for a truncate.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Prepared::Upsert(record) => Some(record.key()),
+            Prepared::Upsert(record, _) => Some(record.key()),
             Prepared::Delete { key } => Some(key),
             Prepared::Truncate => None,
         }
@@ -540,7 +544,10 @@ impl Table {
                     offset,
                     timestamp_ms: timestamp_ms.unwrap_or(-1),
                 };
-                Prepared::Upsert(self.compression.record(&key, &value, origin))
+                let record = self.compression.record(&key, &value, origin);
+                // Kept only while watched; `Bytes::from` takes a vector without copying.
+                let raw = self.feed.get().map(|_| Bytes::from(value));
+                Prepared::Upsert(record, raw)
             }
             Change::Delete { key } => Prepared::Delete { key },
             Change::Truncate => Prepared::Truncate,
@@ -562,13 +569,14 @@ impl Table {
         }
         let feed = self.feed.get();
         let applied = match prepared {
-            Prepared::Upsert(record) => {
+            Prepared::Upsert(record, raw) => {
                 let incoming = (timestamp_ms.unwrap_or(-1), partition.partition());
                 let added = Sizes::of(&record);
                 // Built before the record moves into the map; numbered only if it is applied.
+                // The value as received comes from prepare, unless the feed started in between.
                 let event = feed.map(|_| FeedEvent {
                     key: Bytes::copy_from_slice(record.key()),
-                    value: Some(self.compression.value(record.value_and_origin().0)),
+                    value: Some(raw.unwrap_or_else(|| self.compression.value(record.value_and_origin().0))),
                     partition: incoming.1,
                     offset,
                     timestamp_ms: incoming.0,
