@@ -159,9 +159,9 @@ pub enum ConfigError {
     ClientId,
     #[error("--project {value:?}: {reason}")]
     Project { value: String, reason: String },
-    #[error("--watch-history {0}: must be at least 16 changes")]
+    #[error("--watch-history {0}: must be at least {MIN_WATCH_HISTORY} changes (twice the largest batch ingest applies at once)")]
     WatchHistory(usize),
-    #[error("--watch-history-bytes {0}: must be at least 64Ki")]
+    #[error("--watch-history-bytes {0}: must be at least 1Mi")]
     WatchHistoryBytes(u64),
     #[error("--max-multiget-keys: must be at least 1")]
     MaxMultigetKeys,
@@ -232,10 +232,10 @@ impl ServeOptions {
         if self.max_multiget_keys == 0 {
             return Err(ConfigError::MaxMultigetKeys);
         }
-        if self.watch_history < 16 {
+        if self.watch_history < MIN_WATCH_HISTORY {
             return Err(ConfigError::WatchHistory(self.watch_history));
         }
-        if self.watch_history_bytes < 64 << 10 {
+        if self.watch_history_bytes < 1 << 20 {
             return Err(ConfigError::WatchHistoryBytes(self.watch_history_bytes));
         }
         let watch = WatchConfig {
@@ -315,6 +315,10 @@ impl ServeOptions {
         })
     }
 }
+
+/// The least history a watched table may keep: twice the largest batch ingest publishes at once
+/// (`ingest::batch::MAX_RECORDS`), so one batch cannot move past a watcher that kept up.
+const MIN_WATCH_HISTORY: usize = 4096;
 
 /// Most decode threads accepted: more than the machine's CPUs only adds switching.
 const MAX_DECODE_THREADS: usize = 64;
@@ -922,7 +926,7 @@ mod tests {
             "--topic",
             "a",
             "--watch-history",
-            "1000",
+            "5000",
             "--watch-history-bytes",
             "8Mi",
             "--max-watchers",
@@ -930,11 +934,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.watch.max_watchers, 3);
-        assert_eq!(config.watch.history.history_events, 1000);
+        assert_eq!(config.watch.history.history_events, 5000);
         assert_eq!(config.watch.history.history_bytes, 8 << 20);
-        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history", "4"]).unwrap_err();
-        assert!(err.contains("--watch-history 4"), "{err}");
-        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history-bytes", "1Ki"]).unwrap_err();
+        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history", "4000"]).unwrap_err();
+        assert!(
+            err.contains("--watch-history 4000: must be at least 4096"),
+            "{err}"
+        );
+        let err = serve(&["--brokers", "k", "--topic", "a", "--watch-history-bytes", "512Ki"]).unwrap_err();
         assert!(err.contains("--watch-history-bytes"), "{err}");
         let err = serve(&["--brokers", "k", "--topic", "a", "--max-watchers", "many"]).unwrap_err();
         assert!(err.contains("--max-watchers"), "{err}");

@@ -243,14 +243,19 @@ struct Stream {
 
 impl Stream {
     async fn run(self) {
+        // A place in the channel for the ending, taken now: a stream ends early mostly because
+        // its client stopped reading, and waiting for room then could hold the task (and its
+        // place among --max-watchers) for as long as the client keeps the connection open.
+        let Ok(ending) = self.sender.clone().reserve_owned().await else {
+            return self.metrics.grpc().observe_stream(GrpcMethod::Watch, Code::Ok);
+        };
         let code = match self.stream().await {
             Ok(()) => Code::Ok,
             // The client closing its stream is how a watch ends normally.
             Err(End(status)) if status.code() == Code::Cancelled => Code::Ok,
             Err(End(status)) => {
                 let code = status.code();
-                // The client may be gone; nothing to tell it then.
-                let _ = self.sender.send(Err(status)).await;
+                ending.send(Err(status));
                 code
             }
         };
@@ -352,7 +357,16 @@ impl Stream {
             let published = feed.published().notified();
             tokio::pin!(published);
             published.as_mut().enable();
+            let lost = || {
+                End(Status::out_of_range(format!(
+                    "the changes after this stream's position left the history before it read them (more than --watch-history changes at once); re-read: watch with include_initial{}",
+                    if sent_synced { "" } else { " again" }
+                )))
+            };
             if cursor.0.is_dropped() {
+                if !feed.holds(next) {
+                    return Err(lost());
+                }
                 return Err(End::resumable(
                     Code::ResourceExhausted,
                     "the watcher fell more than half of --watch-history behind (it reads too slowly)",
@@ -361,11 +375,7 @@ impl Stream {
             }
             batch.clear();
             if feed.read(next, READ_BATCH, &mut batch).is_none() {
-                return Err(End::resumable(
-                    Code::ResourceExhausted,
-                    "the changes after this watcher's position left the history (--watch-history)",
-                    None,
-                ));
+                return Err(lost());
             }
             if batch.is_empty() {
                 let progress_due = (skipped && sent_synced).then_some(last_sent + PROGRESS_INTERVAL);

@@ -190,39 +190,50 @@ impl Feed {
 
     /// Moves the numbered changes into the history, drops what passes its bounds and the
     /// watchers too far behind, and wakes the watchers. Ingest thread only.
+    ///
+    /// How far behind a watcher is, is measured before this batch: it could not have read the
+    /// batch yet, so a large batch alone (a truncate, a rebuilt partition) drops nobody. A batch
+    /// larger than the history can still move past a watcher's position; that watcher finds
+    /// its next change gone ([`Feed::read`]) and must re-read.
     pub(super) fn publish(&self) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if batch.is_empty() {
             return;
         }
+        let (max_events, max_bytes) = (self.settings.history_events, self.settings.history_bytes as u64);
         let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
+        let head = history.first + history.events.len() as u64;
+        let mut dropped = 0;
+        for cursor in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let next = cursor.next();
+            if next < history.first {
+                continue; // already past: the watcher ends when it reads
+            }
+            let behind_events = head.saturating_sub(next);
+            let behind_bytes = history.total - history.total_before(next);
+            let too_far = behind_events > (max_events / 2) as u64 || behind_bytes > max_bytes / 2;
+            if too_far && !cursor.dropped.swap(true, Ordering::AcqRel) {
+                dropped += 1;
+            }
+        }
         for event in batch {
             history.total += event.cost();
             let total = history.total;
             history.events.push_back((event, total));
         }
-        let (max_events, max_bytes) = (self.settings.history_events, self.settings.history_bytes as u64);
         // The newest change stays, whatever its size: a watcher needs it to move on.
         while history.events.len() > 1 && (history.events.len() > max_events || history.bytes() > max_bytes) {
             history.events.pop_front();
             history.first += 1;
         }
-        let head = history.first + history.events.len() as u64;
-        let mut dropped = 0;
-        for cursor in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let next = cursor.next();
-            let behind_events = head.saturating_sub(next);
-            let behind_bytes = history.total - history.total_before(next.max(history.first));
-            let too_far = next < history.first
-                || behind_events > (max_events / 2) as u64
-                || behind_bytes > max_bytes / 2;
-            if too_far && !cursor.dropped.swap(true, Ordering::AcqRel) {
-                dropped += 1;
-            }
-        }
         drop(history);
         self.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.published.notify_waiters();
+    }
+
+    /// Whether change `next` (a cursor's) is still in the history or yet to come.
+    pub fn holds(&self, next: u64) -> bool {
+        next >= self.history.read().unwrap_or_else(|e| e.into_inner()).first
     }
 
     /// What watchers wait on: register with `notified()` (and `enable` it) before reading.
@@ -435,22 +446,40 @@ mod tests {
         let feed = feed(10);
         let slow = feed.register(1);
         let keeping_up = feed.register(1);
-        for i in 0..5 {
-            feed.number(event(&i.to_string(), None));
-        }
-        feed.publish();
-        assert!(!slow.is_dropped(), "5 behind of 10 kept");
-        keeping_up.set_next(6);
-        feed.number(event("6", None));
-        feed.publish();
+        let publish = |n: usize| {
+            for i in 0..n {
+                feed.number(event(&i.to_string(), None));
+            }
+            feed.publish();
+        };
+        // One batch of 6: nobody could have read it yet, so nobody is dropped.
+        publish(6);
+        assert!(!slow.is_dropped() && !keeping_up.is_dropped());
+        keeping_up.set_next(7);
+        // Measured before the next batch: the slow one is 6 behind (more than 5), the other 0.
+        publish(1);
         assert!(slow.is_dropped(), "6 behind");
         assert!(!keeping_up.is_dropped());
         assert_eq!(feed.dropped(), 1);
+        assert!(feed.holds(slow.next()));
         assert_eq!(
             feed.resume(&feed.position(slow.next() - 1)),
             Ok(1),
             "the dropped watcher's position still resumes"
         );
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_history_moves_past_a_position_which_then_says_so() {
+        let feed = feed(10);
+        let cursor = feed.register(1);
+        for i in 0..25 {
+            feed.number(event(&i.to_string(), None));
+        }
+        feed.publish();
+        assert!(!cursor.is_dropped(), "not behind before the batch");
+        assert!(!feed.holds(cursor.next()));
+        assert_eq!(keys(&feed, cursor.next()), None);
     }
 
     #[test]

@@ -656,10 +656,10 @@ def test_bad_topic_columns_are_refused_at_install(refuse, columns):
 
 
 def test_watch_values_render_as_env(render):
-    docs = render(merge(BASE, {"watch": {"maxWatchers": 0, "history": 1000, "historyBytes": "8Mi"}}))
+    docs = render(merge(BASE, {"watch": {"maxWatchers": 0, "history": 5000, "historyBytes": "8Mi"}}))
     env = env_of(sidecar(docs)[0])
     assert (env["CDC_CACHE_MAX_WATCHERS"], env["CDC_CACHE_WATCH_HISTORY"], env["CDC_CACHE_WATCH_HISTORY_BYTES"]) == (
-        "0", "1000", "8Mi")
+        "0", "5000", "8Mi")
 
 
 def test_kafka_options_become_one_env_var_each_and_secrets_come_from_secrets(render):

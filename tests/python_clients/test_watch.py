@@ -26,7 +26,7 @@ def stubs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory):
     # Fast changes; a history small enough that a watcher that stops reading is dropped soon.
-    args = ["--update-interval", "5ms", "--watch-history-bytes", "256Ki"]
+    args = ["--update-interval", "5ms", "--watch-history-bytes", "1Mi"]
     with demo(tmp_path_factory.mktemp("sidecar"), *args) as addresses:
         yield addresses
 
