@@ -100,6 +100,7 @@ on an embedded Kafka mock; a row changes every update interval. Try, in another 
   cargo run --release -- get{addr_flag} '{key}'
   cargo run --release -- get{addr_flag} '{{\"id\":1}}' '{{\"id\":2}}' '{{\"id\":3}}'
   cargo run --release -- status{addr_flag}
+  cargo run --release -- watch{addr_flag} --output json     # every change as it happens
   grpcurl {grpcurl_target} -d '{{\"key\":\"{key_b64}\"}}' cdc_cache.v1.Cache/Get
   curl -s http://{admin}/metrics | grep cdc_cache_partition_lag
 
