@@ -135,6 +135,45 @@ mod tests {
         assert_eq!(project("a", "42", r#"{"id":42,"a":1,"b":2}"#), r#"{"a":1}"#);
     }
 
+    proptest::proptest! {
+        /// Any object row: the projection is JSON, and holds exactly the kept fields, in order,
+        /// their values untouched.
+        #[test]
+        fn projected_rows_are_the_kept_fields_in_order(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["id", "a", "b", "c", "d\"q", "é"]),
+                    proptest::sample::select(vec![
+                        "1", "-2.50e3", "\"x\"", "\"\\u00e9\\\"\"", "null", "true", "[1,{\"a\":2}]", "{\"id\":{}}",
+                    ]),
+                ),
+                0..8,
+            ),
+        ) {
+            let row = format!(
+                "{{{}}}",
+                fields
+                    .iter()
+                    .map(|(name, value)| format!("{}:{value}", serde_json::to_string(name).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let projection = Projection::parse("a,c").unwrap();
+            let out = projection.apply(br#"{"id":1}"#, row.clone().into_bytes());
+            let kept: Vec<(String, serde_json::Value)> = fields
+                .iter()
+                .filter(|(name, _)| ["id", "a", "c"].contains(name))
+                .map(|(name, value)| (name.to_string(), serde_json::from_str(value).unwrap()))
+                .collect();
+            let Fields(got) = serde_json::from_slice(&out).expect("projected row is a JSON object");
+            let got: Vec<(String, serde_json::Value)> = got
+                .into_iter()
+                .map(|(name, value)| (name.into_owned(), serde_json::from_str(value.get()).unwrap()))
+                .collect();
+            proptest::prop_assert_eq!(got, kept, "row {}", row);
+        }
+    }
+
     #[test]
     fn column_lists_are_checked() {
         assert_eq!(Projection::parse(""), Err(ProjectionError::EmptyColumn));
