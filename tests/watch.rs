@@ -655,3 +655,39 @@ async fn watch_command_prints_changes_as_lines() {
     );
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_initial_reads_take_turns_and_all_finish() {
+    let (_cluster, app, client) = table_with_rows(&[]).await;
+    // More streams than there are turns at copying shards: each still gets every row, then SYNCED.
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut watcher = Watcher::open(
+                    &mut client,
+                    WatchRequest {
+                        include_initial: true,
+                        ..watch_all()
+                    },
+                )
+                .await
+                .unwrap();
+                let mut rows = std::collections::BTreeSet::new();
+                loop {
+                    let event = watcher.next().await.unwrap();
+                    match event.r#type() {
+                        Type::Initial => assert!(rows.insert(text(&event.key)), "{event:?}"),
+                        Type::Synced => return rows,
+                        other => panic!("{other:?} before SYNCED on a quiet table"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let all: std::collections::BTreeSet<String> = (0..50).map(|i| format!("k{i}")).collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), all);
+    }
+    app.stop().await.expect("clean shutdown");
+}

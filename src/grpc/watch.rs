@@ -34,6 +34,13 @@ const READ_BATCH: usize = 256;
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a table's first watcher waits for its ingest thread to start numbering changes.
 const FEED_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Map shards copied out for `include_initial` and not yet sent, across all streams: each is
+/// 1/8 of a table on 2 CPUs, so this bounds what initial reads hold (and how many shards are
+/// read-locked for copying at once). Streams beyond it wait their turn.
+const INITIAL_READS: usize = 2;
+/// An initial read whose client takes no row for this long gives its turn up (its stream ends):
+/// a stalled client must not keep the others waiting.
+const INITIAL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type EventSender = mpsc::Sender<Result<ChangeEvent, Status>>;
 
@@ -45,6 +52,8 @@ pub struct Watches {
     max_keys: usize,
     /// Streams open, across tables, against --max-watchers.
     open: Arc<AtomicUsize>,
+    /// Turns at copying a shard out for `include_initial` and sending it (`INITIAL_READS`).
+    initial_reads: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server stops accepting calls: every stream ends, so shutdown waits
     /// for none.
     stop: CancellationToken,
@@ -91,6 +100,7 @@ impl Watches {
             config,
             max_keys,
             open: Arc::default(),
+            initial_reads: Arc::new(tokio::sync::Semaphore::new(INITIAL_READS)),
             stop,
             runtime: tokio::runtime::Handle::current(),
         }
@@ -123,6 +133,7 @@ impl Watches {
         let stream = Stream {
             plan,
             config: self.config,
+            initial_reads: self.initial_reads.clone(),
             sender,
             stop: self.stop.clone(),
             metrics: self.metrics.clone(),
@@ -236,6 +247,7 @@ impl Stop {
 struct Stream {
     plan: Plan,
     config: WatchConfig,
+    initial_reads: Arc<tokio::sync::Semaphore>,
     sender: EventSender,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
@@ -307,6 +319,12 @@ impl Stream {
                     None,
                 ));
             }
+            // A turn covers copying the shard and sending its rows: what the copy holds.
+            let turn = self.initial_reads.clone().acquire_owned();
+            let _turn = self
+                .until(turn)
+                .await?
+                .map_err(|_| End(Status::unavailable("the sidecar is shutting down; watch again")))?;
             let (table, keys, prefix) = (table.clone(), keys.clone(), prefix.clone());
             // Copying a shard's rows holds its lock: off the async threads.
             let (seq, rows) = tokio::task::spawn_blocking(move || {
@@ -326,7 +344,18 @@ impl Stream {
                     timestamp_ms: found.timestamp_ms,
                     position: String::new(),
                 };
-                self.send(event).await.map_err(|stop| stop.end(None))?;
+                match tokio::time::timeout(INITIAL_SEND_TIMEOUT, self.send(event)).await {
+                    Ok(sent) => sent.map_err(|stop| stop.end(None))?,
+                    Err(_) => {
+                        return Err(End::resumable(
+                            Code::ResourceExhausted,
+                            &format!(
+                                "the client took no initial row for {INITIAL_SEND_TIMEOUT:?}, holding up other watchers' initial reads"
+                            ),
+                            None,
+                        ))
+                    }
+                }
             }
         }
         Ok(shown)
@@ -439,9 +468,9 @@ impl Stream {
     }
 
     /// Waits for `future` unless the sidecar stops or the client goes first.
-    async fn until(&self, future: impl std::future::Future<Output = ()>) -> Result<(), End> {
+    async fn until<T>(&self, future: impl std::future::Future<Output = T>) -> Result<T, End> {
         tokio::select! {
-            () = future => Ok(()),
+            output = future => Ok(output),
             _ = self.stop.cancelled() => Err(Stop::ShuttingDown.end(None)),
             _ = self.sender.closed() => Err(Stop::ClientGone.end(None)),
         }
