@@ -51,6 +51,14 @@ fn watch_all() -> WatchRequest {
     WatchRequest::default()
 }
 
+/// Every key, the rows held first.
+fn watch_all_from_rows() -> WatchRequest {
+    WatchRequest {
+        include_initial: true,
+        ..watch_all()
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -174,15 +182,7 @@ async fn watchers_see_every_change_in_order_and_resume_without_gaps_or_repeats()
     let writer = write_changes(brokers.clone(), 1500);
     // Started while changes stream in: its rows plus its changes must be the table.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let mut initial = Watcher::open(
-        &mut client,
-        WatchRequest {
-            include_initial: true,
-            ..watch_all()
-        },
-    )
-    .await
-    .unwrap();
+    let mut initial = Watcher::open(&mut client, watch_all_from_rows()).await.unwrap();
 
     let everything = read_to_end_markers(&mut all).await;
     writer.join().unwrap();
@@ -664,15 +664,7 @@ async fn concurrent_initial_reads_take_turns_and_all_finish() {
         .map(|_| {
             let mut client = client.clone();
             tokio::spawn(async move {
-                let mut watcher = Watcher::open(
-                    &mut client,
-                    WatchRequest {
-                        include_initial: true,
-                        ..watch_all()
-                    },
-                )
-                .await
-                .unwrap();
+                let mut watcher = Watcher::open(&mut client, watch_all_from_rows()).await.unwrap();
                 let mut rows = std::collections::BTreeSet::new();
                 loop {
                     let event = watcher.next().await.unwrap();
