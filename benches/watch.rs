@@ -24,7 +24,7 @@ use cdc_cache::proto::change_event::Type;
 use cdc_cache::proto::{GetRequest, WatchRequest};
 use rdkafka::mocking::MockCluster;
 
-use common::{arg, cpu_seconds, free_port, median, produce_all, Killed, Sidecar};
+use common::{arg, bare_consumer, cpu_seconds, free_port, median, produce_all, sorted, Killed, Sidecar};
 
 const TOPIC: &str = "bench.watch";
 const PARTITIONS: i32 = 3;
@@ -401,17 +401,9 @@ fn latency_next_to_bare_consumer(
 }
 
 fn bare_consumer_latencies(brokers: &str, until: Instant) -> Vec<f64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-bare")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .unwrap();
+    let consumer = bare_consumer(brokers);
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(TOPIC, p, Offset::End).unwrap();
@@ -419,6 +411,7 @@ fn bare_consumer_latencies(brokers: &str, until: Instant) -> Vec<f64> {
     consumer.assign(&tpl).unwrap();
     let mut latencies = Vec::new();
     while Instant::now() < until {
+        // End-of-partition events (the sidecar's settings report them) carry no record.
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
             latencies.extend(message.payload().and_then(age_ms));
         }
@@ -430,7 +423,5 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    sorted(values)[((values.len() - 1) as f64 * q).round() as usize]
 }

@@ -283,14 +283,9 @@ pub fn sorted<T: Copy + PartialOrd>(values: &[T]) -> Vec<T> {
     v
 }
 
-/// The peer of every bootstrap figure: a bare librdkafka consumer with the sidecar's settings,
-/// reading every partition from its log start to its end and touching every byte, as a reader
-/// that does nothing with the records would.
-pub fn bare_read_to_end(brokers: &str, topic: &str, partitions: i32) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::error::KafkaError;
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+/// The peer readers' consumer: bare librdkafka with the settings the sidecar gives its own.
+pub fn bare_consumer(brokers: &str) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-bare")
         .set("enable.auto.commit", "false")
@@ -301,7 +296,17 @@ pub fn bare_read_to_end(brokers: &str, topic: &str, partitions: i32) {
         .set("statistics.interval.ms", "1000")
         .set("fetch.queue.backoff.ms", "10")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// The peer of every bootstrap figure: a bare librdkafka consumer with the sidecar's settings,
+/// reading every partition from its log start to its end and touching every byte, as a reader
+/// that does nothing with the records would.
+pub fn bare_read_to_end(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer = bare_consumer(brokers);
     // Like the sidecar: read the log bounds, then assign every partition at its log start.
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

@@ -52,9 +52,13 @@ impl Projection {
         let Ok(Some(object)) = Object::parse(raw) else {
             return row;
         };
-        let key_fields = key_field_names(key);
+        // Borrowed from the key: this runs for every record of a projected table.
+        let key_fields: Option<Fields<'_>> = serde_json::from_slice(key).ok();
         let keep = |name: &str| {
-            self.columns.contains(name) || key_fields.as_ref().is_some_and(|k| k.iter().any(|f| f == name))
+            self.columns.contains(name)
+                || key_fields
+                    .as_ref()
+                    .is_some_and(|k| k.0.iter().any(|(f, _)| f == name))
         };
         if object.fields.iter().all(|(name, _)| keep(name)) {
             return row;
@@ -68,12 +72,6 @@ impl fmt::Display for Projection {
         let columns: Vec<&str> = self.columns().collect();
         f.write_str(&columns.join(","))
     }
-}
-
-/// The top-level field names of a JSON object key; None for any other key.
-fn key_field_names(key: &[u8]) -> Option<Vec<String>> {
-    let Fields(fields) = serde_json::from_slice(key).ok()?;
-    Some(fields.into_iter().map(|(name, _)| name.into_owned()).collect())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! Numbering: a change gets its number while the ingest thread holds the map shard of its key,
 //! so a reader holding that shard sees numbers and map consistent: every change numbered up to
 //! the number it reads is in the shard, none after. That is what lets `include_initial` read the
-//! rows and then send exactly the changes the rows do not show (see [`super::Table::watch_rows`]).
+//! rows and then send exactly the changes the rows do not show (see [`super::Table::watch_shard`]).
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -37,16 +37,6 @@ pub enum Change {
     Truncate,
 }
 
-impl Change {
-    /// The key the change concerns; None for a truncate.
-    pub fn key(&self) -> Option<&[u8]> {
-        match self {
-            Change::Upsert { key, .. } | Change::Delete { key } => Some(key),
-            Change::Truncate => None,
-        }
-    }
-}
-
 /// A change made ready to apply: an upsert's record is built (and its value compressed) here,
 /// so the costly part can run on any thread, in parallel across records; applying it is then
 /// a map update. See [`Table::prepare`].
