@@ -358,7 +358,7 @@ fn set_projections(tables: &mut [TableConfig], specs: &[String]) -> Result<(), C
             .ok_or_else(|| bad(format!("no table {:?}; configured tables: {known}", name.trim())))?;
         if table.format == Format::Raw {
             return Err(bad(format!(
-                "table {:?} is raw: its values are bytes, not rows with columns; projection needs a row format (debezium)",
+                "table {:?} is raw: its values are bytes, not rows with columns; projection needs a row format (debezium or avro)",
                 table.table
             )));
         }

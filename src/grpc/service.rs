@@ -13,7 +13,7 @@ use super::latest::Rounds;
 use super::watch::Watches;
 use crate::clock::{millis_since_epoch, now_ms};
 use crate::config::WatchConfig;
-use crate::format::{self, Format};
+use crate::format;
 use crate::metrics::{GrpcMethod, Metrics};
 use crate::proto::cache_server::Cache;
 use crate::proto::{
@@ -247,7 +247,7 @@ fn with_offsets(table: &Table, consistency: Option<&Consistency>) -> std::collec
 /// A key of a debezium table that was not found: INVALID_ARGUMENT when its shape (field names
 /// and JSON types) matches no stored key, so a type mistake is not mistaken for a missing row.
 fn explain_miss(table: &Table, index: usize, key: &[u8]) -> Result<(), RequestError> {
-    if table.format() != Format::Debezium {
+    if !table.format().json_keys() {
         return Ok(());
     }
     match table.key_shapes().mismatch(key) {

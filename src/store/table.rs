@@ -609,7 +609,7 @@ impl Table {
                             return Applied::Superseded;
                         }
                         // Only a new key can bring a new shape; overwrites pay nothing.
-                        if self.format == Format::Debezium {
+                        if self.format.json_keys() {
                             self.key_shapes.observe(key);
                         }
                         number(event);
@@ -779,7 +779,7 @@ impl Table {
             }
             dashmap::Entry::Vacant(entry) => {
                 entry.insert(());
-                if self.format == Format::Debezium {
+                if self.format.json_keys() {
                     self.key_shapes.observe(key);
                 }
             }
