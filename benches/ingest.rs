@@ -322,6 +322,7 @@ fn replay(o: &Options) {
                                 partition: p as i32,
                                 offset: offset as i64,
                                 timestamp: Some(1_795_400_000_000),
+                                avro: None,
                             });
                         }
                         next[p] = end;

@@ -39,6 +39,46 @@ pub enum Command {
     Wait(WaitArgs),
 }
 
+/// Where `avro` topics' writer schemas come from. Secrets come from env (a Kubernetes secret),
+/// so they stay out of `ps` and the pod spec; they are never logged.
+#[derive(Debug, Args, Default)]
+pub struct SchemaRegistryArgs {
+    /// The Confluent Schema Registry (or Apicurio's Confluent-compatible API) that `avro`
+    /// topics' schema ids are looked up in. Several, comma-separated, are tried in order.
+    #[arg(long, env = "CDC_CACHE_SCHEMA_REGISTRY_URL", value_name = "URL[,URL...]")]
+    pub schema_registry_url: Option<String>,
+
+    /// Basic-auth user for the registry (with CDC_CACHE_SCHEMA_REGISTRY_PASSWORD).
+    #[arg(long, env = "CDC_CACHE_SCHEMA_REGISTRY_USER", value_name = "USER")]
+    pub schema_registry_user: Option<String>,
+
+    /// Basic-auth password for the registry; prefer the env var.
+    #[arg(
+        long,
+        env = "CDC_CACHE_SCHEMA_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub schema_registry_password: Option<String>,
+
+    /// Bearer token for the registry; prefer the env var.
+    #[arg(
+        long,
+        env = "CDC_CACHE_SCHEMA_REGISTRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub schema_registry_token: Option<String>,
+
+    /// A file holding the bearer token, read again before each request (rotated tokens).
+    #[arg(long, env = "CDC_CACHE_SCHEMA_REGISTRY_TOKEN_FILE", value_name = "FILE")]
+    pub schema_registry_token_file: Option<std::path::PathBuf>,
+
+    /// PEM certificates to trust for the registry's TLS, besides the system's (a private CA).
+    #[arg(long, env = "CDC_CACHE_SCHEMA_REGISTRY_CA_FILE", value_name = "FILE")]
+    pub schema_registry_ca_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Kafka bootstrap servers.
@@ -169,7 +209,7 @@ pub struct ServeOptions {
 
     /// Keep only these columns of a table's rows, besides the key's, to save the memory of
     /// columns the app never reads: `customers=id,email,tier`. Repeatable, one table each; the
-    /// env var takes several separated by `;`. Row formats only (debezium).
+    /// env var takes several separated by `;`. Row formats only (debezium, avro).
     #[arg(
         long,
         env = "CDC_CACHE_PROJECT",
@@ -177,6 +217,9 @@ pub struct ServeOptions {
         value_delimiter = ';'
     )]
     pub project: Vec<String>,
+
+    #[command(flatten)]
+    pub schema_registry: SchemaRegistryArgs,
 
     /// Threads that decode records (and compress values) in parallel, across the records of
     /// every partition; each partition's records are still applied in offset order. 0: one per

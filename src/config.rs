@@ -18,6 +18,7 @@ use clap::ValueEnum;
 use crate::cli::ServeOptions;
 use crate::format::{Format, Projection};
 use crate::ingest::kafka_config;
+use crate::schema_registry::{Auth, RegistryConfig};
 use crate::store::CompressionMode;
 
 /// Prefix of the env vars that carry one librdkafka property each.
@@ -118,6 +119,8 @@ pub struct Config {
     pub memory_limit: Option<u64>,
     /// Local snapshots, if enabled.
     pub snapshots: Option<SnapshotConfig>,
+    /// Where `avro` tables' schemas come from; set when there is one.
+    pub schema_registry: Option<RegistryConfig>,
     /// Deprecated spellings that were used, each with what replaces it; logged at start-up.
     pub deprecations: Vec<String>,
 }
@@ -177,6 +180,8 @@ pub enum ConfigError {
     SnapshotPublishWithoutUrl,
     #[error("--memory-limit-ratio {0}: expected 0 (off) or a share between 0.1 and 1")]
     MemoryLimitRatio(String),
+    #[error("{flag}: {reason}")]
+    SchemaRegistry { flag: &'static str, reason: String },
 }
 
 impl ServeOptions {
@@ -197,6 +202,7 @@ impl ServeOptions {
             })
             .collect();
         set_projections(&mut tables, &self.project)?;
+        let schema_registry = schema_registry(&self.schema_registry, &tables)?;
         let grpc_listen: ListenAddr = self
             .grpc_listen
             .parse()
@@ -311,9 +317,132 @@ impl ServeOptions {
             memory_limit_ratio: ratio,
             memory_limit: self.memory_limit,
             snapshots,
+            schema_registry,
             deprecations,
         })
     }
+}
+
+/// The registry settings, checked: required when a table is `avro`, its URLs parsed (user info
+/// in a URL becomes basic auth and leaves the URL), one kind of credential at most, the CA file
+/// read now so a wrong path fails start-up.
+fn schema_registry(
+    args: &crate::cli::SchemaRegistryArgs,
+    tables: &[TableConfig],
+) -> Result<Option<RegistryConfig>, ConfigError> {
+    let bad = |flag: &'static str, reason: String| ConfigError::SchemaRegistry { flag, reason };
+    let Some(urls) = args
+        .schema_registry_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        if let Some(table) = tables.iter().find(|t| t.format.needs_schema_registry()) {
+            return Err(bad(
+                "--schema-registry-url",
+                format!(
+                    "table {:?} (topic {}) is {}: its records name their schema by id, so a schema registry is needed (CDC_CACHE_SCHEMA_REGISTRY_URL)",
+                    table.table, table.topic, table.format
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let mut parsed = Vec::new();
+    let mut url_user = None;
+    for text in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let mut url = url::Url::parse(text).map_err(|e| {
+            bad(
+                "--schema-registry-url",
+                format!("{:?} is not a URL: {e}", redact_userinfo(text)),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(
+                "--schema-registry-url",
+                format!("{:?}: expected an http:// or https:// URL", redact_userinfo(text)),
+            ));
+        }
+        if !url.username().is_empty() {
+            let user = percent_decode(url.username());
+            let password = percent_decode(url.password().unwrap_or(""));
+            url_user = Some((user, password));
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        parsed.push(url);
+    }
+    let user = args.schema_registry_user.clone().filter(|u| !u.is_empty());
+    let password = args.schema_registry_password.clone().filter(|p| !p.is_empty());
+    let basic = match (user, password, url_user) {
+        (Some(user), Some(password), _) => Some((user, password)),
+        (Some(_), None, _) => {
+            return Err(bad(
+                "--schema-registry-user",
+                "set without a password (CDC_CACHE_SCHEMA_REGISTRY_PASSWORD)".into(),
+            ))
+        }
+        (None, Some(_), _) => {
+            return Err(bad(
+                "--schema-registry-password",
+                "set without a user (CDC_CACHE_SCHEMA_REGISTRY_USER)".into(),
+            ))
+        }
+        (None, None, from_url) => from_url,
+    };
+    let token = args.schema_registry_token.clone().filter(|t| !t.is_empty());
+    let token_file = args.schema_registry_token_file.clone();
+    let auth = match (basic, token, token_file) {
+        (None, None, None) => Auth::None,
+        (Some((user, password)), None, None) => Auth::Basic { user, password },
+        (None, Some(token), None) => Auth::Bearer(token),
+        (None, None, Some(file)) => {
+            std::fs::metadata(&file)
+                .map_err(|e| bad("--schema-registry-token-file", format!("{}: {e}", file.display())))?;
+            Auth::BearerFile(file)
+        }
+        _ => {
+            return Err(bad(
+                "--schema-registry-token",
+                "more than one kind of registry credential is set (user and password, token, token file): keep one"
+                    .into(),
+            ))
+        }
+    };
+    let ca_pem = match &args.schema_registry_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| bad("--schema-registry-ca-file", format!("{}: {e}", path.display())))?;
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                bad(
+                    "--schema-registry-ca-file",
+                    format!("{}: not PEM certificates: {e}", path.display()),
+                )
+            })?;
+            Some((path.clone(), pem))
+        }
+        None => None,
+    };
+    Ok(Some(RegistryConfig {
+        urls: parsed,
+        auth,
+        ca_pem,
+    }))
+}
+
+/// A URL as text with any password replaced, for error messages.
+fn redact_userinfo(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://<redacted>@{}", &text[..scheme_end], &text[at + 1..])
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The least history a watched table may keep: twice the largest batch ingest publishes at once
@@ -727,7 +856,7 @@ mod tests {
         assert!(err.contains("--shutdown-grace"), "{err}");
         let err = serve(&["--brokers", "k", "--topic", "a", "--max-multiget-keys", "0"]).unwrap_err();
         assert!(err.contains("--max-multiget-keys"), "{err}");
-        let err = serve(&["--brokers", "k", "--topic", "a", "--format", "avro"]).unwrap_err();
+        let err = serve(&["--brokers", "k", "--topic", "a", "--format", "protobuf"]).unwrap_err();
         assert!(err.contains("--format"), "{err}");
     }
 
@@ -987,5 +1116,83 @@ mod tests {
         }
         let err = with(&["--project", "a=id", "--project", "a=x"]).unwrap_err();
         assert!(err.contains("projected twice"), "{err}");
+    }
+
+    #[test]
+    fn avro_topics_need_a_schema_registry() {
+        let error = serve(&["--brokers", "b:9092", "--topic", "dbz.customers=customers:avro"]).unwrap_err();
+        assert!(
+            error.contains("--schema-registry-url") && error.contains("\"customers\""),
+            "{error}"
+        );
+        let config = serve(&[
+            "--brokers",
+            "b:9092",
+            "--topic",
+            "dbz.customers=customers:avro",
+            "--schema-registry-url",
+            "https://alice:s%3Acret@registry:8081/base/,http://backup:8081",
+            "--project",
+            "customers=email",
+        ])
+        .unwrap();
+        let registry = config.schema_registry.expect("configured");
+        assert_eq!(
+            registry.display_urls(),
+            "https://registry:8081/base/,http://backup:8081/"
+        );
+        assert!(
+            registry.auth
+                == Auth::Basic {
+                    user: "alice".into(),
+                    password: "s:cret".into()
+                }
+        );
+        // The password never shows in Debug output.
+        assert!(!format!("{registry:?}").contains("s:cret"));
+    }
+
+    #[test]
+    fn bad_schema_registry_settings_name_their_flag() {
+        let base = [
+            "--brokers",
+            "b:9092",
+            "--topic",
+            "t:avro",
+            "--schema-registry-url",
+        ];
+        let with = |rest: &[&str]| serve(&base.iter().chain(rest).copied().collect::<Vec<_>>()).unwrap_err();
+        let error = with(&["ftp://registry"]);
+        assert!(
+            error.starts_with("--schema-registry-url") && error.contains("http"),
+            "{error}"
+        );
+        let error = with(&["not a url"]);
+        assert!(error.starts_with("--schema-registry-url"), "{error}");
+        let error = with(&["http://r", "--schema-registry-user", "u"]);
+        assert!(
+            error.starts_with("--schema-registry-user") && error.contains("password"),
+            "{error}"
+        );
+        let error = with(&[
+            "http://r",
+            "--schema-registry-token",
+            "t",
+            "--schema-registry-user",
+            "u",
+            "--schema-registry-password",
+            "p",
+        ]);
+        assert!(error.contains("more than one kind"), "{error}");
+        let error = with(&["http://r", "--schema-registry-ca-file", "/nonexistent/ca.pem"]);
+        assert!(
+            error.starts_with("--schema-registry-ca-file") && error.contains("/nonexistent/ca.pem"),
+            "{error}"
+        );
+        let error = with(&["http://r", "--schema-registry-token-file", "/nonexistent/token"]);
+        assert!(error.starts_with("--schema-registry-token-file"), "{error}");
+        // A URL with a password is never echoed with it.
+        let error = with(&["https://u:hunter2@[bad"]);
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }

@@ -44,6 +44,7 @@ pub mod memory_guard;
 pub mod metrics;
 pub mod resources;
 pub mod sample_rows;
+pub mod schema_registry;
 pub mod shutdown;
 pub mod snapshot;
 pub mod store;

@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use super::schemas::{Found, SchemaLookup, Wanted};
+use crate::format::avro::{self, Datum, Part};
+use crate::format::confluent::{self, SchemaRef, KEY_SCHEMA_HEADER, VALUE_SCHEMA_HEADER};
 use crate::format::{self, DecodeError};
 use crate::store::{Prepared, Table};
 
@@ -59,11 +62,14 @@ pub struct Incoming {
 pub type Event = Option<KafkaError>;
 
 /// Polls up to a batch of records (waiting up to `timeout` for the first), and prepares them.
+/// An `avro` table's schemas are looked up first (`schemas`), which may wait for the registry;
+/// cancelled meanwhile, the batch is dropped unapplied (the process is stopping).
 pub fn take<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     timeout: Duration,
     table: &Table,
     decoders: &Decoders,
+    schemas: Option<&SchemaLookup>,
 ) -> (Vec<Incoming>, Event) {
     let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
     let mut bytes = 0;
@@ -84,7 +90,7 @@ pub fn take<C: ConsumerContext>(
             }
         }
     }
-    let fetched: Vec<Fetched<'_>> = messages
+    let mut fetched: Vec<Fetched<'_>> = messages
         .iter()
         .map(|m| Fetched {
             key: m.key(),
@@ -92,9 +98,73 @@ pub fn take<C: ConsumerContext>(
             partition: m.partition(),
             offset: m.offset(),
             timestamp: m.timestamp().to_millis(),
+            avro: None,
         })
         .collect();
+    if table.format().needs_schema_registry() {
+        let Some(()) = look_up_schemas(&messages, &mut fetched, schemas) else {
+            return (Vec::new(), None);
+        };
+    }
     (prepare(&fetched, table, decoders), event)
+}
+
+/// A key's or value's frame: the schema it names and the datum after it.
+type Frame<'a> = Option<Result<(SchemaRef, &'a [u8]), DecodeError>>;
+
+fn frame<'a>(bytes: Option<&'a [u8]>, message: &BorrowedMessage<'_>, header: &str, what: &str) -> Frame<'a> {
+    let header_value = message
+        .headers()
+        .and_then(|headers| headers.iter().find(|h| h.key == header).and_then(|h| h.value));
+    bytes.map(|bytes| {
+        confluent::read(bytes, header_value).map_err(|e| DecodeError::Frame(format!("{what} {e}")))
+    })
+}
+
+/// Reads every record's frames, looks the schemas they name up, and gives each record its
+/// datums; `None` when cancelled while waiting for the registry.
+fn look_up_schemas<'a>(
+    messages: &'a [BorrowedMessage<'_>],
+    fetched: &mut [Fetched<'a>],
+    schemas: Option<&SchemaLookup>,
+) -> Option<()> {
+    let frames: Vec<(Frame<'a>, Frame<'a>)> = messages
+        .iter()
+        .map(|m| {
+            (
+                frame(m.key(), m, KEY_SCHEMA_HEADER, "key"),
+                frame(m.payload(), m, VALUE_SCHEMA_HEADER, "value"),
+            )
+        })
+        .collect();
+    let mut wanted = Wanted::new();
+    for (m, (key, value)) in messages.iter().zip(&frames) {
+        for (schema, _) in [key, value].into_iter().flatten().flatten() {
+            wanted.entry(*schema).or_insert((m.partition(), m.offset()));
+        }
+    }
+    let found = match schemas {
+        Some(lookup) => lookup.look_up(&wanted)?,
+        None => Found::new(),
+    };
+    let part = |frame: Frame<'a>| -> Part<'a> {
+        frame.map(|framed| {
+            let (schema, bytes) = framed?;
+            let plan = match found.get(&schema) {
+                Some(plan) => plan.clone()?,
+                None => {
+                    return Err(DecodeError::Schema(format!(
+                        "schema {schema}: no schema registry configured"
+                    )))
+                }
+            };
+            Ok(Datum { bytes, schema, plan })
+        })
+    };
+    for (record, (key, value)) in fetched.iter_mut().zip(frames) {
+        record.avro = Some((part(key), part(value)));
+    }
+    Some(())
 }
 
 /// What a decode thread needs of a message (which itself may not leave the ingest thread).
@@ -104,12 +174,18 @@ pub struct Fetched<'a> {
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Option<i64>,
+    /// An `avro` record's key and value, frames read and schemas looked up.
+    pub avro: Option<(Part<'a>, Part<'a>)>,
 }
 
 impl Fetched<'_> {
     fn prepare(&self, table: &Table) -> Incoming {
-        let prepared = format::decode(table.format(), self.key, self.payload)
-            .map(|change| table.prepare(self.partition, self.offset, self.timestamp, change));
+        let change = match &self.avro {
+            Some((key, value)) => avro::decode(key, value),
+            None => format::decode(table.format(), self.key, self.payload),
+        };
+        let prepared =
+            change.map(|change| table.prepare(self.partition, self.offset, self.timestamp, change));
         Incoming {
             bytes: self.key.map_or(0, <[u8]>::len) + self.payload.map_or(0, <[u8]>::len),
             partition: self.partition,

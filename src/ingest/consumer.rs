@@ -26,10 +26,12 @@ use super::context::IngestContext;
 use super::kafka_config::{client_config, is_secret_key};
 use super::log_check::{LogBounds, LogWatch, Reset};
 use super::rate_limit::RateLimit;
+use super::schemas::SchemaLookup;
 use crate::clock::now_ms;
 use crate::config::{Config, OnDecodeError};
 use crate::format::DecodeError;
 use crate::metrics::{Metrics, TableMetrics};
+use crate::schema_registry::SchemaRegistry;
 use crate::snapshot::load::{load_newest, Outcome as LoadOutcome};
 use crate::snapshot::local::LocalSnapshots;
 use crate::snapshot::remote::RemoteSnapshots;
@@ -125,6 +127,10 @@ pub fn start(
             reason,
         })?,
     );
+    let registry = config
+        .schema_registry
+        .clone()
+        .map(|registry| Arc::new(SchemaRegistry::new(registry)));
     let mut workers = Vec::new();
     for table in store.tables() {
         let table_metrics = metrics.table(table.name());
@@ -140,6 +146,10 @@ pub fn start(
             metrics: table_metrics,
             on_decode_error: config.on_decode_error,
             decoders: decoders.clone(),
+            schemas: registry
+                .as_ref()
+                .filter(|_| table.format().needs_schema_registry())
+                .map(|registry| SchemaLookup::new(registry.clone(), table.clone(), cancel.clone())),
             discovery_interval: config.partition_discovery_interval,
             cancel: cancel.clone(),
             partitions: HashMap::new(),
@@ -208,6 +218,8 @@ struct Worker {
     on_decode_error: OnDecodeError,
     /// Prepare batches of records in parallel (shared by every table).
     decoders: Arc<Decoders>,
+    /// Where an `avro` table's writer schemas are looked up.
+    schemas: Option<SchemaLookup>,
     discovery_interval: Duration,
     cancel: CancellationToken,
     /// The table's partitions, cached here so the hot path takes no lock.
@@ -271,7 +283,13 @@ impl Worker {
             }
             // Prepared here, so the messages (which borrow the consumer) are released before
             // the records change the worker's state.
-            let (records, event) = batch::take(&self.consumer, POLL_TIMEOUT, &self.table, &self.decoders);
+            let (records, event) = batch::take(
+                &self.consumer,
+                POLL_TIMEOUT,
+                &self.table,
+                &self.decoders,
+                self.schemas.as_ref(),
+            );
             let applied = !records.is_empty();
             if applied {
                 self.made_progress();

@@ -7,5 +7,6 @@ mod context;
 pub mod kafka_config;
 pub mod log_check;
 mod rate_limit;
+pub mod schemas;
 
 pub use consumer::{code_name, start, IngestError, IngestHandle};

@@ -31,6 +31,7 @@ use super::DecodeError;
 use crate::store::Change;
 
 /// A key or value with its frame read and its writer schema looked up.
+#[derive(Clone)]
 pub struct Datum<'a> {
     /// The Avro binary after the frame.
     pub bytes: &'a [u8],
@@ -43,13 +44,13 @@ pub struct Datum<'a> {
 pub type Part<'a> = Option<Result<Datum<'a>, DecodeError>>;
 
 /// Decodes a record whose frames were read and schemas looked up.
-pub fn decode(key: Part<'_>, value: Part<'_>) -> Result<Change, DecodeError> {
+pub fn decode(key: &Part<'_>, value: &Part<'_>) -> Result<Change, DecodeError> {
     let key = match key {
-        Some(datum) => decode_key(&datum?)?,
+        Some(datum) => decode_key(datum.as_ref().map_err(Clone::clone)?)?,
         None => None,
     };
     let row = match value {
-        Some(datum) => Some(decode_value(&datum?)?),
+        Some(datum) => Some(decode_value(datum.as_ref().map_err(Clone::clone)?)?),
         None => None,
     };
     let Some(key) = key else {

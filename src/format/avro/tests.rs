@@ -90,7 +90,7 @@ fn decode_event(value: Value) -> Result<Change, DecodeError> {
     let bytes = to_avro_datum(&schema, value).unwrap();
     let key = key_bytes(1004);
     let (_, key_plan) = key_schema();
-    decode(datum(&key, &key_plan, 1), datum(&bytes, &plan(ENVELOPE), 2))
+    decode(&datum(&key, &key_plan, 1), &datum(&bytes, &plan(ENVELOPE), 2))
 }
 
 fn upsert(key: &str, value: &str) -> Change {
@@ -135,7 +135,7 @@ fn tombstones_and_null_keys() {
     let key = key_bytes(7);
     let (_, key_plan) = key_schema();
     assert_eq!(
-        decode(datum(&key, &key_plan, 1), None),
+        decode(&datum(&key, &key_plan, 1), &None),
         Ok(Change::Delete {
             key: br#"{"id":7}"#.to_vec()
         })
@@ -143,12 +143,12 @@ fn tombstones_and_null_keys() {
     let schema = Schema::parse_str(ENVELOPE).unwrap();
     let truncate = to_avro_datum(&schema, event(None, None, "t")).unwrap();
     assert_eq!(
-        decode(None, datum(&truncate, &plan(ENVELOPE), 2)),
+        decode(&None, &datum(&truncate, &plan(ENVELOPE), 2)),
         Ok(Change::Truncate)
     );
     let create = to_avro_datum(&schema, event(None, Some(customer(1, "a", None)), "c")).unwrap();
     assert_eq!(
-        decode(None, datum(&create, &plan(ENVELOPE), 2)),
+        decode(&None, &datum(&create, &plan(ENVELOPE), 2)),
         Err(DecodeError::NullKey)
     );
 }
@@ -179,12 +179,12 @@ fn flattened_rows_and_rewrite_deletes() {
     let value_plan = plan(text);
     let live = row("false");
     assert_eq!(
-        decode(datum(&key, &key_plan, 1), datum(&live, &value_plan, 3)),
+        decode(&datum(&key, &key_plan, 1), &datum(&live, &value_plan, 3)),
         Ok(upsert(r#"{"id":3}"#, r#"{"id":3,"name":"x\"y","tier":"gold"}"#))
     );
     let gone = row("true");
     assert_eq!(
-        decode(datum(&key, &key_plan, 1), datum(&gone, &value_plan, 3)),
+        decode(&datum(&key, &key_plan, 1), &datum(&gone, &value_plan, 3)),
         Ok(Change::Delete {
             key: br#"{"id":3}"#.to_vec()
         })
@@ -210,7 +210,7 @@ fn composite_keys_keep_the_key_schema_order() {
     )
     .unwrap();
     assert_eq!(
-        decode(datum(&bytes, &plan(text), 1), datum(&row, &plan(row_text), 2)),
+        decode(&datum(&bytes, &plan(text), 1), &datum(&row, &plan(row_text), 2)),
         Ok(upsert(r#"{"tenant":"acme","id":-5}"#, r#"{"v":1}"#))
     );
 }
@@ -372,7 +372,7 @@ fn recursive_schemas_compile_and_decode() {
 fn value_error_of(bytes: &[u8]) -> String {
     let key = key_bytes(1);
     let (_, key_plan) = key_schema();
-    match decode(datum(&key, &key_plan, 1), datum(bytes, &plan(ENVELOPE), 9)) {
+    match decode(&datum(&key, &key_plan, 1), &datum(bytes, &plan(ENVELOPE), 9)) {
         Err(e) => e.to_string(),
         Ok(change) => panic!("decoded {change:?}"),
     }
@@ -439,7 +439,7 @@ fn a_non_record_value_is_refused_with_its_schema() {
     let string_plan = plan(r#""string""#);
     let key = key_bytes(1);
     let (_, key_plan) = key_schema();
-    let error = decode(datum(&key, &key_plan, 1), datum(&[2, b'x'], &string_plan, 5)).unwrap_err();
+    let error = decode(&datum(&key, &key_plan, 1), &datum(&[2, b'x'], &string_plan, 5)).unwrap_err();
     assert!(
         error.to_string().contains("value schema id 5 is not a record"),
         "{error}"
