@@ -65,34 +65,99 @@ def binary():
 @contextlib.contextmanager
 def demo(workdir, *args):
     """A running `cdc-cache demo ARGS...`, ready; yields (grpc address, admin address)."""
+    with sidecar(workdir, "demo", *args) as (process, grpc_addr, admin_addr):
+        yield grpc_addr, admin_addr
+
+
+@contextlib.contextmanager
+def sidecar(workdir, command, *args, ready=True, log_name="cdc-cache.log"):
+    """A running `cdc-cache COMMAND ARGS...` on free ports; waits until ready unless told not
+    to. Yields (process, grpc address, admin address); its log is WORKDIR/LOG_NAME."""
     grpc_addr = f"127.0.0.1:{free_port()}"
     admin_addr = f"127.0.0.1:{free_port()}"
-    log = Path(workdir) / "cdc-cache.log"
+    log = Path(workdir) / log_name
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(binary()), "demo", "--grpc-listen", grpc_addr, "--admin-listen", admin_addr, *args],
+            [str(binary()), command, "--grpc-listen", grpc_addr, "--admin-listen", admin_addr, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=workdir,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"cdc-cache demo exited with {process.returncode}:\n{log_tail(log)}")
-            try:
-                status, _ = http_get(f"http://{admin_addr}/readyz", timeout=2)
-            except OSError:
-                status = None
-            if status == 200:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"cdc-cache demo not ready within 60 s (last /readyz: {status}):\n{log_tail(log)}")
-            time.sleep(0.2)
-        yield grpc_addr, admin_addr
+        if ready:
+            wait_ready(process, admin_addr, log, command)
+        yield process, grpc_addr, admin_addr
     finally:
         stop(process)
+
+
+def wait_ready(process, admin_addr, log, what="cdc-cache", timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"cdc-cache {what} exited with {process.returncode}:\n{log_tail(log)}")
+        try:
+            status, _ = http_get(f"http://{admin_addr}/readyz", timeout=2)
+        except OSError:
+            status = None
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"cdc-cache {what} not ready within {timeout} s (last /readyz: {status}):\n{log_tail(log)}")
+        time.sleep(0.2)
+
+
+def tansu_binary():
+    path = os.environ.get("TANSU_BIN") or str(Path.home() / ".cargo" / "bin" / "tansu")
+    if not Path(path).exists():
+        pytest.fail(f"the Tansu broker is not installed at {path}: scripts/test installs it")
+    return path
+
+
+@contextlib.contextmanager
+def tansu(workdir):
+    """A Tansu broker with in-memory storage on a free port; yields its bootstrap address."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with open(Path(workdir) / "tansu.log", "wb") as out:
+        process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"tansu did not start:\n{log_tail(Path(workdir) / 'tansu.log')}")
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def metric(admin_addr, name, **labels):
+    """The value of one Prometheus sample from /metrics (0 when absent)."""
+    _, body = http_get(f"http://{admin_addr}/metrics")
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in body.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.split("{")[0] != name:
+            continue
+        found = series[len(name):].strip("{}")
+        if all(part in found.split(",") for part in wanted.split(",") if part):
+            return float(value)
+    return 0.0
 
 
 def generate_stubs(out):
