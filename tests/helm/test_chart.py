@@ -655,6 +655,46 @@ def test_bad_topic_columns_are_refused_at_install(refuse, columns):
     assert "columns" in error, error
 
 
+def test_avro_topics_render_the_schema_registry_with_secret_credentials(render):
+    values = merge(
+        BASE,
+        {
+            "topics": [{"topic": "dbz.public.customers", "table": "customers", "format": "avro", "columns": ["email"]}],
+            "schemaRegistry": {
+                "url": "https://registry:8081",
+                "credentialsSecret": {"name": "registry-creds", "userKey": "user", "passwordKey": "password"},
+                "caFile": "/etc/registry/ca.pem",
+            },
+        },
+    )
+    container = sidecar(render(values))[0]
+    env = env_of(container)
+    assert env["CDC_CACHE_TOPICS"] == "dbz.public.customers=customers:avro"
+    assert env["CDC_CACHE_SCHEMA_REGISTRY_URL"] == "https://registry:8081"
+    assert env["CDC_CACHE_SCHEMA_REGISTRY_CA_FILE"] == "/etc/registry/ca.pem"
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
+    assert secrets["CDC_CACHE_SCHEMA_REGISTRY_USER"] == {"name": "registry-creds", "key": "user"}
+    assert secrets["CDC_CACHE_SCHEMA_REGISTRY_PASSWORD"] == {"name": "registry-creds", "key": "password"}
+    assert "CDC_CACHE_SCHEMA_REGISTRY_TOKEN" not in secrets
+    # Nothing of the registry without an avro topic and a URL.
+    assert not any(k.startswith("CDC_CACHE_SCHEMA_REGISTRY") for k in env_of(sidecar(render(BASE))[0]))
+
+
+@pytest.mark.parametrize(
+    "registry, message",
+    [
+        ({}, "schemaRegistry.url"),
+        ({"url": "https://user:pw@registry"}, "schemaRegistry"),
+        ({"url": "https://r", "credentialsSecret": {"userKey": "u", "passwordKey": "p"}}, "name is empty"),
+        ({"url": "https://r", "credentialsSecret": {"name": "s", "userKey": "u"}}, "passwordKey"),
+        ({"url": "https://r", "credentialsSecret": {"name": "s", "userKey": "u", "passwordKey": "p", "tokenKey": "t"}}, "not both"),
+    ],
+)
+def test_bad_schema_registry_values_are_refused_at_install(refuse, registry, message):
+    error = refuse(merge(BASE, {"topics": [{"topic": "t", "format": "avro"}], "schemaRegistry": registry}))
+    assert message in error, error
+
+
 def test_watch_values_render_as_env(render):
     docs = render(merge(BASE, {"watch": {"maxWatchers": 0, "history": 5000, "historyBytes": "8Mi"}}))
     env = env_of(sidecar(docs)[0])

@@ -366,6 +366,22 @@ every mode checks the same way.
 {{- $v := .Values -}}
 {{- $kafka := $v.kafka -}}
 {{- $_ := required "kafka.brokers: set the Kafka bootstrap servers (host:port,host:port)" $kafka.brokers -}}
+{{- range $v.topics -}}
+{{- if and (eq (.format | default $v.format) "avro") (not $v.schemaRegistry.url) -}}
+{{- fail (printf "topics: %s is avro, so set schemaRegistry.url (its records name their schema by id)" .topic) -}}
+{{- end -}}
+{{- end -}}
+{{- with $v.schemaRegistry.credentialsSecret -}}
+{{- if and (or .userKey .passwordKey .tokenKey) (not .name) -}}
+{{- fail "schemaRegistry.credentialsSecret: keys are set but name is empty (the Secret holding them)" -}}
+{{- end -}}
+{{- if and .name (not (or (and .userKey .passwordKey) .tokenKey)) -}}
+{{- fail "schemaRegistry.credentialsSecret: set userKey and passwordKey (basic auth) or tokenKey (bearer token)" -}}
+{{- end -}}
+{{- if and .tokenKey (or .userKey .passwordKey) -}}
+{{- fail "schemaRegistry.credentialsSecret: set userKey and passwordKey, or tokenKey, not both" -}}
+{{- end -}}
+{{- end -}}
 {{- /* The binary refuses these too; failing here names the value before anything is deployed. */ -}}
 {{- $reserved := dict
   "bootstrap.servers" "use kafka.brokers"
@@ -613,6 +629,26 @@ and publisher.resources.
     {{- with include "cdc-cache.projections" $ctx }}
     - name: CDC_CACHE_PROJECT
       value: {{ . | quote }}
+    {{- end }}
+    {{- with $v.schemaRegistry }}
+    {{- if .url }}
+    - name: CDC_CACHE_SCHEMA_REGISTRY_URL
+      value: {{ .url | quote }}
+    {{- with .caFile }}
+    - name: CDC_CACHE_SCHEMA_REGISTRY_CA_FILE
+      value: {{ . | quote }}
+    {{- end }}
+    {{- $secret := .credentialsSecret }}
+    {{- range $name, $key := dict "USER" $secret.userKey "PASSWORD" $secret.passwordKey "TOKEN" $secret.tokenKey }}
+    {{- if $key }}
+    - name: CDC_CACHE_SCHEMA_REGISTRY_{{ $name }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret.name | quote }}
+          key: {{ $key | quote }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
     {{- end }}
     - name: CDC_CACHE_GRPC_LISTEN
       value: {{ $grpc | quote }}
