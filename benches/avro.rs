@@ -96,13 +96,6 @@ fn event(id: i64) -> Value {
     ])
 }
 
-/// The same event as Kafka Connect's JsonConverter (schemas.enable=false) writes it.
-fn json_event(id: i64) -> String {
-    format!(
-        r#"{{"before":null,"after":{{"id":{id},"first_name":"Grace","last_name":"Hopper","email":"grace.hopper{id}@example.com","status":"active","balance":"AfQ=","updated_at":1795408445414865}},"source":{{"version":"2.7.3.Final","connector":"postgresql","name":"shop","ts_ms":1795408445414,"snapshot":"false","db":"shop","sequence":"[\"24023119\",\"24023128\"]","schema":"public","table":"customers","txId":555,"lsn":24023128,"xmin":null}},"op":"u","ts_ms":1795408445420}}"#
-    )
-}
-
 fn main() {
     let records: usize = common::arg("--records", 200_000);
     let runs: usize = common::arg("--runs", 5);
@@ -117,7 +110,7 @@ fn main() {
         .map(|id| to_avro_datum(&value_schema, event(id)).unwrap())
         .collect();
     let json_keys: Vec<String> = (0..records).map(|id| format!(r#"{{"id":{id}}}"#)).collect();
-    let json_values: Vec<String> = (0..records as i64).map(json_event).collect();
+    let json_values: Vec<String> = (0..records as u64).map(common::debezium_json_event).collect();
 
     // The three must store the same row (the JSON path keeps the decimal's base64, the Avro
     // paths write it as a decimal string), or the comparison means nothing.

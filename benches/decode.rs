@@ -10,13 +10,10 @@ use std::time::{Duration, Instant};
 use cdc_cache::format::decode;
 use cdc_cache::format::Format;
 
-const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":false,"field":"first_name"},{"type":"string","optional":false,"field":"last_name"},{"type":"string","optional":false,"field":"email"},{"type":"string","optional":true,"field":"status"},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","field":"balance"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}],"optional":true,"name":"shop.public.customers.Value","field":"before"},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"shop.public.customers.Envelope"}"#;
+mod common;
+use common::debezium_json_event as event;
 
-fn event(id: u64) -> String {
-    format!(
-        r#"{{"before":null,"after":{{"id":{id},"first_name":"Grace","last_name":"Hopper","email":"grace.hopper{id}@example.com","status":"active","balance":"AfQ=","updated_at":1795408445414865}},"source":{{"version":"2.7.3.Final","connector":"postgresql","name":"shop","ts_ms":1795408445414,"snapshot":"false","db":"shop","sequence":"[\"24023119\",\"24023128\"]","schema":"public","table":"customers","txId":555,"lsn":24023128,"xmin":null}},"op":"u","ts_ms":1795408445420}}"#
-    )
-}
+const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":false,"field":"first_name"},{"type":"string","optional":false,"field":"last_name"},{"type":"string","optional":false,"field":"email"},{"type":"string","optional":true,"field":"status"},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","field":"balance"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}],"optional":true,"name":"shop.public.customers.Value","field":"before"},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"shop.public.customers.Envelope"}"#;
 
 fn main() {
     let mut records = 200_000usize;

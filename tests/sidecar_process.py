@@ -146,7 +146,8 @@ def tansu(workdir):
 
 def metric(admin_addr, name, **labels):
     """The value of one Prometheus sample from /metrics (0 when absent)."""
-    _, body = http_get(f"http://{admin_addr}/metrics")
+    status, body = http_get(f"http://{admin_addr}/metrics")
+    assert status == 200, body
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in body.splitlines():
         if line.startswith("#") or " " not in line:

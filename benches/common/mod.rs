@@ -346,3 +346,11 @@ pub fn cpu_seconds(pid: &str) -> f64 {
         + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// A Debezium change event of a customer row (~460 bytes) as Kafka Connect's JsonConverter
+/// writes it with schemas disabled: the decode benches' JSON input.
+pub fn debezium_json_event(id: u64) -> String {
+    format!(
+        r#"{{"before":null,"after":{{"id":{id},"first_name":"Grace","last_name":"Hopper","email":"grace.hopper{id}@example.com","status":"active","balance":"AfQ=","updated_at":1795408445414865}},"source":{{"version":"2.7.3.Final","connector":"postgresql","name":"shop","ts_ms":1795408445414,"snapshot":"false","db":"shop","sequence":"[\"24023119\",\"24023128\"]","schema":"public","table":"customers","txId":555,"lsn":24023128,"xmin":null}},"op":"u","ts_ms":1795408445420}}"#
+    )
+}

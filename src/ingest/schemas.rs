@@ -86,20 +86,8 @@ impl SchemaLookup {
         let mut not_found = 0;
         let mut waited = false;
         let started = Instant::now();
-        loop {
+        let answer = loop {
             match self.registry.fetch(schema) {
-                Ok(plan) => {
-                    if waited {
-                        self.table.set_problem(None);
-                        info!(
-                            table = self.table.name(),
-                            %schema,
-                            waited_ms = started.elapsed().as_millis() as u64,
-                            "schema registry answered"
-                        );
-                    }
-                    return Some(Ok(plan));
-                }
                 Err(FetchError::NotFound(_)) if not_found + 1 < NOT_FOUND_ATTEMPTS => {
                     not_found += 1;
                     if let Some(suppressed) = self.log.check() {
@@ -114,19 +102,6 @@ impl SchemaLookup {
                         );
                     }
                 }
-                Err(error @ FetchError::NotFound(_)) => {
-                    self.registry.remember_missing(schema);
-                    if waited {
-                        self.table.set_problem(None);
-                    }
-                    return Some(Err(error));
-                }
-                Err(error @ FetchError::Unusable { .. }) => {
-                    if waited {
-                        self.table.set_problem(None);
-                    }
-                    return Some(Err(error));
-                }
                 Err(error @ FetchError::Unavailable { .. }) => {
                     waited = true;
                     let problem = format!(
@@ -137,12 +112,27 @@ impl SchemaLookup {
                     }
                     self.table.set_problem(Some(problem));
                 }
+                Err(error @ FetchError::NotFound(_)) => {
+                    self.registry.remember_missing(schema);
+                    break Err(error);
+                }
+                answer => break answer,
             }
             if self.sleep(backoff) {
                 return None;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        if waited {
+            self.table.set_problem(None);
+            info!(
+                table = self.table.name(),
+                %schema,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "schema registry answered"
+            );
         }
+        Some(answer)
     }
 
     /// Sleeps unless cancelled first; true when cancelled.

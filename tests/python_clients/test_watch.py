@@ -13,7 +13,7 @@ import time
 
 import grpc
 import pytest
-from sidecar_process import demo, generate_stubs, http_get
+from sidecar_process import demo, generate_stubs, metric
 
 RESUME_TRAILER = "cdc-cache-resume-from"
 
@@ -37,15 +37,6 @@ def seq(position):
 
 def change(event):
     return (event.type, event.key, event.value, event.partition, event.offset, event.position)
-
-
-def metric(admin_addr, series):
-    status, body = http_get(f"http://{admin_addr}/metrics")
-    assert status == 200
-    for line in body.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[1])
-    return None
 
 
 def test_a_stream_resumed_again_and_again_sees_what_an_unbroken_one_sees(sidecar, stubs):
@@ -94,15 +85,17 @@ def test_a_stream_resumed_again_and_again_sees_what_an_unbroken_one_sees(sidecar
 def test_a_watcher_that_stops_reading_is_dropped_with_its_position_and_resumes(sidecar, stubs):
     pb2, pb2_grpc = stubs
     grpc_addr, admin_addr = sidecar
-    dropped = 'cdc_cache_watchers_dropped_total{table="customers",reason="slow"}'
-    before = metric(admin_addr, dropped)
+    def dropped():
+        return metric(admin_addr, "cdc_cache_watchers_dropped_total", table="customers", reason="slow")
+
+    before = dropped()
     # No bandwidth probing: the receive window stays small, so not reading stalls the server.
     with grpc.insecure_channel(grpc_addr, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         stub = pb2_grpc.CacheStub(channel)
         call = stub.Watch(pb2.WatchRequest(), timeout=120)
         assert next(call).type == pb2.ChangeEvent.SYNCED
         deadline = time.monotonic() + 60
-        while metric(admin_addr, dropped) == before:
+        while dropped() == before:
             assert time.monotonic() < deadline, "the watcher that stopped reading was not dropped"
             time.sleep(0.1)
 

@@ -55,11 +55,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// What is left to read.
-    pub fn rest(&self) -> &'a [u8] {
-        &self.bytes[self.pos..]
-    }
-
     /// Fails unless every byte was read.
     pub fn finish(&self) -> Result<(), AvroDataError> {
         match self.bytes.len() - self.pos {
@@ -223,40 +218,24 @@ fn write_at(
         }
         Node::Array(items) => {
             out.push(b'[');
-            let mut first = true;
-            loop {
-                let (count, _) = r.block()?;
-                if count == 0 {
-                    break;
+            each_item(r, |r, first| {
+                if !first {
+                    out.push(b',');
                 }
-                for _ in 0..count {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_at(plan, *items, r, out, depth + 1)?;
-                }
-            }
+                write_at(plan, *items, r, out, depth + 1)
+            })?;
             out.push(b']');
         }
         Node::Map(values) => {
             out.push(b'{');
-            let mut first = true;
-            loop {
-                let (count, _) = r.block()?;
-                if count == 0 {
-                    break;
+            each_item(r, |r, first| {
+                if !first {
+                    out.push(b',');
                 }
-                for _ in 0..count {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_string(out, r.str()?);
-                    out.push(b':');
-                    write_at(plan, *values, r, out, depth + 1)?;
-                }
-            }
+                write_string(out, r.str()?);
+                out.push(b':');
+                write_at(plan, *values, r, out, depth + 1)
+            })?;
             out.push(b'}');
         }
         Node::Union(variants) => {
@@ -270,21 +249,61 @@ fn write_at(
     Ok(())
 }
 
-/// Writes a record's fields as an object, leaving out the field at `skip` (whose bytes are
-/// still read past).
+/// Calls `item` for every item of an array or map, block after block, saying whether it is
+/// the first.
+fn each_item<'a>(
+    r: &mut Reader<'a>,
+    mut item: impl FnMut(&mut Reader<'a>, bool) -> Result<(), AvroDataError>,
+) -> Result<(), AvroDataError> {
+    let mut first = true;
+    loop {
+        let (count, _) = r.block()?;
+        if count == 0 {
+            return Ok(());
+        }
+        for _ in 0..count {
+            item(r, first)?;
+            first = false;
+        }
+    }
+}
+
+/// Reads past every item of an array or map; a block that gives its size in bytes is jumped
+/// over without reading its items.
+fn skip_items<'a>(
+    r: &mut Reader<'a>,
+    mut item: impl FnMut(&mut Reader<'a>) -> Result<(), AvroDataError>,
+) -> Result<(), AvroDataError> {
+    loop {
+        match r.block()? {
+            (0, _) => return Ok(()),
+            (_, Some(size)) => {
+                r.take(size)?;
+            }
+            (count, None) => {
+                for _ in 0..count {
+                    item(r)?;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a record's fields as an object. The field at `aside.0`, if any, is written into
+/// `aside.1` instead of the object (a flattened row's `__deleted` flag, read in the same pass).
 pub fn write_record(
     plan: &Plan,
     fields: &[Field],
     r: &mut Reader<'_>,
     out: &mut Vec<u8>,
     depth: usize,
-    skip: Option<usize>,
+    mut aside: Option<(usize, &mut Vec<u8>)>,
 ) -> Result<(), AvroDataError> {
     out.push(b'{');
     let mut first = true;
     for (i, field) in fields.iter().enumerate() {
-        if Some(i) == skip {
-            skip_value(plan, field.node, r, depth + 1)?;
+        if let Some((_, side)) = aside.as_mut().filter(|(index, _)| *index == i) {
+            write_at(plan, field.node, r, side, depth + 1)?;
             continue;
         }
         if !first {
@@ -343,33 +362,11 @@ fn skip_value(plan: &Plan, node: NodeId, r: &mut Reader<'_>, depth: usize) -> Re
         Node::Enum(_) => {
             r.long()?;
         }
-        Node::Array(items) => loop {
-            match r.block()? {
-                (0, _) => break,
-                (_, Some(size)) => {
-                    r.take(size)?;
-                }
-                (count, None) => {
-                    for _ in 0..count {
-                        skip_value(plan, *items, r, depth + 1)?;
-                    }
-                }
-            }
-        },
-        Node::Map(values) => loop {
-            match r.block()? {
-                (0, _) => break,
-                (_, Some(size)) => {
-                    r.take(size)?;
-                }
-                (count, None) => {
-                    for _ in 0..count {
-                        r.bytes()?;
-                        skip_value(plan, *values, r, depth + 1)?;
-                    }
-                }
-            }
-        },
+        Node::Array(items) => skip_items(r, |r| skip_value(plan, *items, r, depth + 1))?,
+        Node::Map(values) => skip_items(r, |r| {
+            r.bytes()?;
+            skip_value(plan, *values, r, depth + 1)
+        })?,
         Node::Union(variants) => {
             let branch = r.branch(variants)?;
             skip_value(plan, branch, r, depth + 1)?;

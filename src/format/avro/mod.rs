@@ -191,20 +191,10 @@ fn flattened_row(
         write(plan, plan.root(), r, &mut out)?;
         return Ok(Row::Upsert(out));
     };
-    // The flag is read first, then the row written without it: a second pass over the datum
-    // is cheaper than deciding per field while writing.
-    let mut probe = Reader::new(r.rest());
-    let mut is_delete = false;
-    for (i, field) in plan.fields().iter().enumerate() {
-        if i == deleted {
-            let mut flag = Vec::new();
-            write(plan, field.node, &mut probe, &mut flag)?;
-            is_delete = matches!(flag.as_slice(), b"\"true\"" | b"true");
-            break;
-        }
-        skip(plan, field.node, &mut probe)?;
-    }
-    write_record(plan, plan.fields(), r, &mut out, 0, Some(deleted))?;
+    // The flag is set aside while the row is written, in one pass.
+    let mut flag = Vec::new();
+    write_record(plan, plan.fields(), r, &mut out, 0, Some((deleted, &mut flag)))?;
+    let is_delete = matches!(flag.as_slice(), b"\"true\"" | b"true");
     Ok(if is_delete { Row::Delete } else { Row::Upsert(out) })
 }
 
